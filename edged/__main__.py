@@ -1,0 +1,3 @@
+from edged.cli.main import main
+
+raise SystemExit(main())
