@@ -1,0 +1,82 @@
+"""Run a `.nb` in Paddle Lite over a batch of inputs, in a process of its own.
+
+paddle and paddlelite must never share a process (two MKL runtimes, wrong
+outputs: PLATFORM.md), so the toolkit verifies converted models by running this
+module as a subprocess:
+
+    python -m edged.models.lite_eval MODEL.nb INPUTS.npy OUTPUTS.npy [--threads N] [--timing-runs N]
+
+INPUTS.npy is N x C x H x W float32; OUTPUTS.npy gets N x classes float32 and,
+with --timing-runs, a JSON line with the median latency is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+
+def run_lite(model: Path, inputs: np.ndarray, threads: int = 1,
+             timing_runs: int = 0) -> Tuple[np.ndarray, Optional[Dict[str, float]]]:
+    """Outputs of `model` for every input row (and latency stats), via a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
+        np.save(src, np.ascontiguousarray(inputs, np.float32))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        cmd = [sys.executable, "-m", "edged.models.lite_eval", str(model), str(src), str(dst),
+               "--threads", str(threads), "--timing-runs", str(timing_runs)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"Paddle Lite failed on {model}: {done.stderr.strip()[-800:]}")
+        stats = None
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                stats = json.loads(line)
+        return np.load(dst), stats
+
+
+def _main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("inputs")
+    parser.add_argument("outputs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timing-runs", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from paddlelite.lite import MobileConfig, create_paddle_predictor
+
+    config = MobileConfig()
+    config.set_model_from_file(args.model)
+    if hasattr(config, "set_threads"):  # ARM builds only
+        config.set_threads(args.threads)
+    predictor = create_paddle_predictor(config)
+    inputs = np.load(args.inputs)
+    outputs = []
+    for row in inputs:
+        predictor.get_input(0).from_numpy(np.ascontiguousarray(row[None]))
+        predictor.run()
+        outputs.append(np.array(predictor.get_output(0).numpy(), copy=True).reshape(-1))
+    np.save(args.outputs, np.stack(outputs).astype(np.float32))
+    if args.timing_runs:
+        times = []
+        for _ in range(args.timing_runs):
+            started = time.perf_counter()
+            predictor.run()
+            times.append((time.perf_counter() - started) * 1000)
+        print(json.dumps({"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
+                          "runs": args.timing_runs, "threads": args.threads}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,128 @@
+"""The reproducible recipe behind firmware_models/: data -> train -> export -> package.
+
+Every stage writes into a work directory and is skipped when its output is
+already complete, so an interrupted rebuild continues where it stopped and the
+same command rebuilds everything from scratch in a fresh directory. `TINY` runs
+the whole pipeline in a couple of minutes for CI; `FULL` builds the shipped model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Dict, Optional
+
+from edged.models import regnet, synth
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: str
+    arch: regnet.RegNetParams
+    image_size: int          # rendered dataset images (and the deployed input size)
+    train_per_class: int
+    val_per_class: int
+    test_per_class: int      # held-out set for the manifest's top-1 figures
+    stage1_resolution: int   # most epochs run at a low resolution (CPU budget) ...
+    stage1_epochs: int
+    stage2_images: int       # ... then a short fine-tune at the deployed resolution
+    stage2_epochs: int
+    batch_size: int
+    lr: float
+    calibration_images: int
+    video_parts: int
+    video_frames_per_part: int
+    seeds: Dict[str, int]
+
+
+FULL = Recipe(
+    name="regnety_400mf_inspect", version="1.0.0", arch=regnet.lookup("RegNetY-400MF"),
+    image_size=224, train_per_class=1500, val_per_class=100, test_per_class=200,
+    stage1_resolution=112, stage1_epochs=3, stage2_images=2400, stage2_epochs=1,
+    batch_size=32, lr=2e-3, calibration_images=160, video_parts=45, video_frames_per_part=8,
+    seeds={"train": 1, "val": 2, "test": 3, "video": 4, "init": 0},
+)
+
+TINY = replace(
+    FULL, name="tiny_inspect", version="0.0.1",
+    arch=regnet.custom("RegNetY-tiny", depth=3, w0=8, wa=8.0, wm=2.0, group_width=8, stem_width=8),
+    image_size=32, train_per_class=12, val_per_class=3, test_per_class=4, stage1_resolution=32,
+    stage1_epochs=1, stage2_images=18, stage2_epochs=1, batch_size=8, calibration_images=8,
+    video_parts=3, video_frames_per_part=2,
+)
+
+
+def data_stage(recipe: Recipe, work: Path) -> Dict[str, Path]:
+    """Render train/val/test sets (class-per-folder JPEGs) unless already complete."""
+    paths = {}
+    for split, per_class in (("train", recipe.train_per_class), ("val", recipe.val_per_class),
+                             ("test", recipe.test_per_class)):
+        out = work / "data" / split
+        done = out / ".complete"
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            log.info("rendering %s set: %d images per class", split, per_class)
+            synth.write_dataset(out, recipe.seeds[split], per_class, recipe.image_size)
+            done.write_text(json.dumps({"seed": recipe.seeds[split], "per_class": per_class}))
+        paths[split] = out
+    return paths
+
+
+def train_stages(recipe: Recipe, work: Path, progress: bool = True) -> Path:
+    """Stage 1 at low resolution, stage 2 fine-tune at full resolution; returns the checkpoint."""
+    import numpy as np
+
+    from edged.models import dataset
+    from edged.models.train import TrainConfig, Trainer
+
+    paths = data_stage(recipe, work)
+    train = dataset.load(paths["train"], recipe.image_size, synth.LABELS)
+    val = dataset.load(paths["val"], recipe.image_size, synth.LABELS)
+    common = dict(arch=asdict(recipe.arch), classes=list(synth.LABELS), batch_size=recipe.batch_size,
+                  seed=recipe.seeds["init"])
+    stage1 = TrainConfig(resolution=recipe.stage1_resolution, epochs=recipe.stage1_epochs, lr=recipe.lr,
+                         warmup_epochs=0.3, **common)
+    Trainer(stage1, train, val, work / "stage1").fit(progress)
+    rng = np.random.default_rng(recipe.seeds["train"])
+    subset_idx = np.sort(rng.permutation(len(train))[: recipe.stage2_images])
+    subset = dataset.ImageSet(train.images[subset_idx], train.labels[subset_idx], train.classes)
+    stage2 = TrainConfig(resolution=recipe.image_size, epochs=recipe.stage2_epochs, lr=recipe.lr * 0.1,
+                         warmup_epochs=0.1, **common)
+    Trainer(stage2, subset, val, work / "stage2", init_from=work / "stage1" / "last.pdparams",
+            keep_head=True).fit(progress)
+    return work / "stage2" / "last.pdparams"
+
+
+def video_stage(recipe: Recipe, out_dir: Path) -> Path:
+    video = out_dir / "parts.mp4"
+    if not (video.exists() and synth.sidecar_path(video).exists()):
+        synth.write_video(video, recipe.seeds["video"], recipe.video_parts, recipe.video_frames_per_part)
+    return video
+
+
+def recipe_by_name(name: str) -> Recipe:
+    return {"full": FULL, "tiny": TINY}[name]
+
+
+def describe(recipe: Recipe) -> Dict:
+    d = asdict(recipe)
+    d["arch"] = asdict(recipe.arch)
+    return d
+
+
+def run(recipe: Recipe, work: Path, out: Path, progress: bool = True,
+        package_dir: Optional[Path] = None) -> Path:
+    """The whole recipe; returns the package directory."""
+    from edged.models import build  # paddle-side, imported only here
+
+    checkpoint = train_stages(recipe, work, progress)
+    package_dir = package_dir or out / recipe.name
+    build.export_package(checkpoint, recipe, work, package_dir)
+    video_stage(recipe, out / "sample")
+    return package_dir
