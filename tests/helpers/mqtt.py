@@ -56,11 +56,12 @@ class MosquittoBroker:
 
     def __init__(self, executable: str, workdir: Optional[Path] = None,
                  port: Optional[int] = None, host: str = "127.0.0.1",
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", allow_anonymous: bool = True) -> None:
         self.executable = executable
         self.host = host
         self.port = port or free_port(host)
         self.extra_config = extra_config
+        self.allow_anonymous = allow_anonymous
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edged-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -80,10 +81,13 @@ class MosquittoBroker:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}\n"
             "persistence false\n"
             "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            # As root mosquitto would switch to user "mosquitto" and lose access
+            # to the test's temp files (password file, certificates).
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             + self.extra_config
         )
         return conf
@@ -143,9 +147,16 @@ class MosquittoBroker:
 def start_broker(executable: str, workdir: Optional[Path] = None,
                  attempts: int = 5) -> MosquittoBroker:
     """Start a broker on a fresh free port, retrying if another process raced us."""
+    return start_broker_with(executable, workdir, "", attempts=attempts)
+
+
+def start_broker_with(executable: str, workdir: Optional[Path], extra_config: str,
+                      allow_anonymous: bool = True, attempts: int = 5) -> MosquittoBroker:
+    """Like start_broker, with extra mosquitto.conf lines (auth, TLS listeners)."""
     last: Optional[Exception] = None
     for _ in range(attempts):
-        broker = MosquittoBroker(executable, workdir=workdir)
+        broker = MosquittoBroker(executable, workdir=workdir, extra_config=extra_config,
+                                 allow_anonymous=allow_anonymous)
         try:
             return broker.start()
         except RuntimeError as exc:
