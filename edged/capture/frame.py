@@ -3,7 +3,9 @@
 The mailbox is what gives the pipeline latest-frame semantics: a live source never
 waits for inference; a newer frame replaces an unconsumed one and the replaced
 frame is counted as dropped. Sources that are not live (a file read as fast as
-possible) block instead, so they lose nothing and cost no CPU while waiting.
+possible, a synthetic camera at rate=max) are read on demand instead: the producer
+waits until a consumer asks (`wait_wanted`), so nothing is lost, no CPU is spent on
+frames nobody takes, and a frame is as fresh when taken as a live camera's.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Mailbox:
         self._cond = threading.Condition()
         self._frame: Optional[Frame] = None
         self._closed = False
+        self._wanted = 0
         self.dropped = 0
         self.delivered = 0
 
@@ -64,16 +67,30 @@ class Mailbox:
         """The newest frame, or None on timeout or when closed and empty."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._frame is None and not self._closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            self._wanted += 1
+            self._cond.notify_all()
+            try:
+                while self._frame is None and not self._closed:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    self._cond.wait(remaining)
+            finally:
+                self._wanted -= 1
             frame, self._frame = self._frame, None
             if frame is not None:
                 self.delivered += 1
             self._cond.notify_all()
             return frame
+
+    def wait_wanted(self) -> None:
+        """Block until a consumer is waiting in `get` and the slot is empty (on-demand
+        producers); raises MailboxClosed when closed."""
+        with self._cond:
+            while not self._closed and (self._wanted == 0 or self._frame is not None):
+                self._cond.wait()
+            if self._closed:
+                raise MailboxClosed()
 
     def close(self) -> None:
         """Wake everyone; later `put`s raise, `get` drains what is left then returns None."""

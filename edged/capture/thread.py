@@ -80,6 +80,8 @@ class CaptureThread:
         self.ended.set()
 
     def _read_one(self) -> None:
+        if not self.source.live:
+            self.mailbox.wait_wanted()
         self._reading_since = time.monotonic()
         raw = self.source.read(self._stop)
         self._reading_since = None

@@ -156,6 +156,15 @@ class Engine:
     def median_ms(self) -> float:
         return statistics.median(self._times) if self._times else 0.0
 
+    def expected_idle_at(self) -> float:
+        """Monotonic time the worker should finish what it has (now if nothing)."""
+        with self._lock:
+            jobs = len(self._jobs)
+        if not jobs or self._worker is None:
+            return time.monotonic()
+        since = self._worker.busy_since or time.monotonic()
+        return since + jobs * self.median_ms / 1e3
+
     @property
     def worker_pid(self) -> Optional[int]:
         return self._worker.pid if self._worker is not None else None

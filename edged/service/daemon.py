@@ -1,0 +1,322 @@
+"""The daemon: source -> preprocess -> worker -> postprocess -> publish policy -> MQTT.
+
+Threads, each with one job, in the order a frame meets them:
+
+    capture    reads the source into a one-slot mailbox (latest frame wins)
+    feeder     takes a free input slot, waits until the worker is about to need it,
+               takes the newest frame, preprocesses it into shared memory, submits
+    engine     (the supervisor's collector) receives outputs in order and calls
+               `_on_result`: top-k, publish policy, MqttLink.publish_result
+    main       signals, status, telemetry; nothing on the frame path
+
+Signal handlers do nothing: Python writes the signal number to a wake-up pipe that
+the main loop selects on, and the main loop shuts down in order (stop capture,
+finish the frames in flight, flush publishes, status offline). `ready` is set after
+the first inference (systemd READY later).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import statistics
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from edged import __version__
+from edged.capture import CaptureThread, Frame, Mailbox, open_source
+from edged.config import Config
+from edged.engine.postprocess import top_k
+from edged.engine.preprocess import Preprocessor
+from edged.engine.supervisor import Engine, EngineSettings, Result, Slot
+from edged.engine.worker import WorkerError
+from edged.errors import UserError
+from edged.models.package import load_package
+from edged.service.publish_policy import PublishPolicy
+from edged.service.stats import PipelineStats
+from edged.service.sysinfo import system_snapshot
+
+log = logging.getLogger(__name__)
+
+RESULT_SCHEMA = 1
+TELEMETRY_SCHEMA = 1
+LEAD_MARGIN_S = 0.002  # hand the worker its next input this much before it is free
+
+
+class ModelLoadError(UserError):
+    """The model package passed its checks but Paddle Lite cannot load it."""
+
+
+@dataclass
+class FrameTag:
+    """What travels with a submitted job (no image: that is in shared memory)."""
+
+    seq: int
+    captured_at: float
+    t_capture: float
+    decode_ms: float
+    t_pre_start: float
+    t_pre_end: float
+
+
+class Daemon:
+    """One run of `edged run`; `run()` returns the exit code."""
+
+    def __init__(self, cfg: Config, max_frames: Optional[int] = None,
+                 link_factory: Optional[Callable[..., Any]] = None) -> None:
+        self.cfg = cfg
+        self.max_frames = max_frames
+        self.boot_id = uuid.uuid4().hex
+        self.device_id = cfg.device_id
+        self.ready = threading.Event()
+        self.stats = PipelineStats()
+        self.package = load_package(cfg.model.resolved_path())
+        self.model_file = self.package.file_for()
+        self.preprocess = Preprocessor(self.package.preprocess)
+        pub = cfg.publish
+        self.policy = PublishPolicy(pub.policy, pub.every_nth, pub.min_interval_s, pub.score_threshold)
+        self.source_uri = cfg.source.resolved_uri()
+        self.mailbox = Mailbox()
+        src = cfg.source
+        defaults = {"width": src.width, "height": src.height, "fps": src.fps, "fourcc": src.fourcc}
+        self.capture = CaptureThread(open_source(self.source_uri, defaults), self.mailbox,
+                                     src.stall_timeout_s, src.reopen_backoff_initial_s,
+                                     src.reopen_backoff_max_s)
+        eng = cfg.engine
+        settings = EngineSettings(eng.threads, eng.power_mode, eng.hang_factor, eng.hang_min_s,
+                                  eng.max_restarts_per_minute)
+        self.engine = Engine(str(self.package.path_of(self.model_file)), self.preprocess.shape,
+                             settings, self._on_result)
+        if link_factory is None:
+            from edged.mqtt.link import MqttLink as link_factory  # the only paho user
+        self.link = link_factory(cfg.mqtt, self.device_id, self.boot_id)
+        self.seq = 0
+        self.submitted = 0
+        self._stop = threading.Event()
+        self._feeder_done = threading.Event()
+        self._lead: Deque[float] = deque(maxlen=50)
+        self._status: Optional[Tuple[str, Optional[str]]] = None
+        self._started = time.monotonic()
+        self._wake_r, self._wake_w = os.pipe()
+        self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
+
+    # ----------------------------------------------------------------- lifecycle
+    def run(self) -> int:
+        """Start everything, serve until a signal or the end of the source, stop cleanly."""
+        previous = self._install_signals()
+        self.link.start()
+        try:
+            self._start_engine()
+            self.capture.start()
+            self._feeder.start()
+            self._main_loop()
+        finally:
+            self._shutdown()
+            self._restore_signals(previous)
+        return 0
+
+    def request_stop(self) -> None:
+        """Ask the main loop to shut down (thread-safe; used by tests and the bench)."""
+        self._stop.set()
+        self._wake()
+
+    def _start_engine(self) -> None:
+        try:
+            info = self.engine.start()
+        except WorkerError as exc:
+            self.link.set_status("offline", f"model failed to load: {exc}")
+            raise ModelLoadError(f"model {self.package.root}: {exc}") from None
+        log.info("engine ready: %s %s (%s/%s) %s", self.package.name, self.package.version,
+                 self.model_file.target, self.model_file.precision, info)
+
+    def _main_loop(self) -> None:
+        interval = self.cfg.telemetry.interval_s
+        next_telemetry = time.monotonic() + interval
+        while not self._stop.is_set() and not self._feeder_done.is_set():
+            for signum in self._wait(min(0.25, max(0.0, next_telemetry - time.monotonic()))):
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                self._stop.set()
+            self._update_status()
+            if time.monotonic() >= next_telemetry:
+                self._publish_telemetry(interval)
+                next_telemetry += interval
+
+    def _shutdown(self) -> None:
+        """Stop capture, finish the frames in flight, flush, go offline (bounded)."""
+        self._stop.set()
+        self.capture.stop()
+        self._feeder.join(10.0) if self._feeder.is_alive() else None
+        budget = max(5.0, 3 * self.engine.median_ms / 1e3)
+        if not self.engine.drain(budget):
+            log.warning("frames still in flight after %.1f s; dropping them", budget)
+        self.engine.stop()
+        self.link.stop(timeout=5.0)  # publishes status offline, waits for acks
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("stopped: %d frames inferred, %d results published", self.stats.counts["inferred"],
+                 self.seq)
+
+    # ----------------------------------------------------------------- signals
+    def _install_signals(self) -> Dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        os.set_blocking(self._wake_w, False)
+        previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[-1] = signal.set_wakeup_fd(self._wake_w)
+        return previous
+
+    def _restore_signals(self, previous: Dict[int, Any]) -> None:
+        if -1 in previous:
+            signal.set_wakeup_fd(previous.pop(-1))
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    def _wait(self, timeout: float) -> List[int]:
+        """Signal numbers received within `timeout` (0 bytes are plain wake-ups)."""
+        ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        if not ready:
+            return []
+        return [b for b in os.read(self._wake_r, 64) if b]
+
+    # ----------------------------------------------------------------- frame path
+    def _feed(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.max_frames is not None and self.submitted >= self.max_frames:
+                    break
+                slot = self.engine.acquire(timeout=0.25)
+                if slot is None:
+                    continue
+                frame = self._next_frame()
+                if frame is None:
+                    self.engine.release(slot)
+                    if self.mailbox.closed:
+                        break
+                    continue
+                self._submit(frame, slot)
+        finally:
+            self._feeder_done.set()
+            self._wake()
+
+    def _next_frame(self) -> Optional[Frame]:
+        """The newest frame, taken just before the worker needs it (freshest input)."""
+        lead = (statistics.median(self._lead) if self._lead else 0.0) + LEAD_MARGIN_S
+        delay = self.engine.expected_idle_at() - lead - time.monotonic()
+        if delay > 0:
+            self._stop.wait(delay)
+        t0 = time.monotonic()
+        frame = self.mailbox.get(timeout=0.25)
+        if frame is not None:
+            self._lead.append(time.monotonic() - t0)
+        return frame
+
+    def _submit(self, frame: Frame, slot: Slot) -> None:
+        t_pre = time.monotonic()
+        try:
+            self.preprocess(frame.image, slot.array)
+        except ValueError as exc:
+            log.error("frame %d cannot be preprocessed: %s", frame.seq, exc)
+            self.engine.release(slot)
+            self.stats.count("failed")
+            return
+        t_done = time.monotonic()
+        self._lead[-1] += t_done - t_pre
+        self.engine.submit(slot, FrameTag(frame.seq, frame.captured_at, frame.t_capture,
+                                          frame.decode_ms, t_pre, t_done))
+        self.submitted += 1
+
+    def _on_result(self, result: Result) -> None:
+        """Runs on the engine's collector thread, in submission order."""
+        tag: FrameTag = result.tag
+        if result.error is not None or result.output is None:
+            self.stats.count("failed")
+            return
+        t0 = time.monotonic()
+        top = top_k(result.output, self.package.labels, self.cfg.publish.top_k)
+        self.stats.count("inferred")
+        self.ready.set()
+        publish = self.policy.decide(str(top[0]["label"]), float(top[0]["score"]), time.time())
+        t_end = time.monotonic()
+        latency = {"capture_to_preprocess": (tag.t_pre_start - tag.t_capture) * 1e3,
+                   "preprocess": (tag.t_pre_end - tag.t_pre_start) * 1e3,
+                   "queue_wait": result.queue_wait_ms, "inference": result.inference_ms,
+                   "postprocess": (t_end - t0) * 1e3, "total": (t_end - tag.t_capture) * 1e3}
+        self.stats.add(dict(latency, decode=tag.decode_ms))
+        if not publish:
+            self.stats.count("skipped")
+            return
+        self.link.publish_result(self._result_payload(tag, top, latency))
+        self.seq += 1
+        self.stats.count("published")
+
+    def _result_payload(self, tag: FrameTag, top: list, latency: Dict[str, float]) -> Dict[str, Any]:
+        return {"schema": RESULT_SCHEMA, "device": self.device_id, "boot_id": self.boot_id,
+                "seq": self.seq, "frame": tag.seq, "captured_at": round(tag.captured_at, 6),
+                "published_at": round(time.time(), 6), "top": top,
+                "model": {"name": self.package.name, "version": self.package.version},
+                "latency_ms": {k: round(v, 3) for k, v in latency.items()}}
+
+    # ----------------------------------------------------------------- status, telemetry
+    def _update_status(self) -> None:
+        problems = []
+        camera_ok, reason = self.capture.state()
+        if not camera_ok:
+            problems.append(f"camera offline: {reason}")
+        if self.engine.problem:
+            problems.append(self.engine.problem)
+        if problems:
+            wanted: Optional[Tuple[str, Optional[str]]] = ("degraded", "; ".join(problems))
+        else:
+            wanted = ("online", None) if self.ready.is_set() else None
+        if wanted is not None and wanted != self._status:
+            log.info("status %s%s", wanted[0], f" ({wanted[1]})" if wanted[1] else "")
+            self.link.set_status(wanted[0], wanted[1], model=self._model_info(),
+                                 source=self.source_uri)
+            self._status = wanted
+
+    def _model_info(self) -> Dict[str, Any]:
+        return {"name": self.package.name, "version": self.package.version,
+                "target": self.model_file.target, "precision": self.model_file.precision}
+
+    def pids(self) -> List[int]:
+        """This process and the inference worker: what telemetry and bench measure."""
+        worker = self.engine.worker_pid
+        return [os.getpid()] + ([worker] if worker else [])
+
+    def telemetry(self, window_s: float) -> Dict[str, Any]:
+        counts = dict(self.stats.counts, captured=self.capture.captured,
+                      dropped=self.mailbox.dropped, restarts=self.engine.restarts)
+        previous = getattr(self, "_previous_counts", {})
+        self._previous_counts = counts
+        fps = {name: round((counts[name] - previous.get(name, 0)) / window_s, 2)
+               for name in ("captured", "inferred", "published")}
+        info = self.engine.info
+        return {"schema": TELEMETRY_SCHEMA, "device": self.device_id, "boot_id": self.boot_id,
+                "ts": round(time.time(), 3), "uptime_s": round(time.monotonic() - self._started, 1),
+                "window_s": window_s, "fps": fps, "counts": counts,
+                "latency_ms": self.stats.take_window(),
+                "engine": {"backend": info.get("backend", "paddle-lite"), "model": self._model_info(),
+                           "threads": self.cfg.engine.threads, "power_mode": self.cfg.engine.power_mode,
+                           "restarts": self.engine.restarts, "worker_pid": self.engine.worker_pid},
+                "system": system_snapshot(self.pids()),
+                "mqtt": {"connected": bool(getattr(self.link, "connected", False)),
+                         "reconnects": int(getattr(self.link, "reconnects", 0))},
+                "version": __version__}
+
+    def _publish_telemetry(self, window_s: float) -> None:
+        try:
+            self.link.publish_telemetry(self.telemetry(window_s))
+        except Exception:  # telemetry must never take the daemon down
+            log.exception("telemetry failed")
