@@ -200,13 +200,18 @@ CLI_ALIASES = {"source": ("source", "uri"), "broker": ("mqtt", "broker"),
 
 
 # ------------------------------------------------------------------------- loading
-def load_config(path: Optional[Path] = None,
-                env: Mapping[str, str] = os.environ) -> Config:
-    """Defaults, then the TOML file (if any), then `EDGED_<SECTION>_<KEY>`; validated."""
+def load_config(path: Optional[Path] = None, env: Mapping[str, str] = os.environ,
+                overrides: Optional[Mapping[str, Any]] = None) -> Config:
+    """Defaults, the TOML file (if any), `EDGED_<SECTION>_<KEY>`, then `overrides`.
+
+    `overrides` are CLI values as for apply_overrides(); they are applied
+    before validation, so e.g. `--model DIR` works when the bundled model is absent.
+    """
     raw = _read_toml(Path(path)) if path is not None else {}
     values = _from_mapping(raw)
     for (section, key), text in _from_env(env).items():
         values.setdefault(section, {})[key] = text
+    _merge_overrides(values, overrides or {})
     return _build(values)
 
 
@@ -216,14 +221,18 @@ def apply_overrides(cfg: Config, **overrides: Any) -> Config:
     Names are `source`, `broker`, `device`, `model` or `<section>_<key>`.
     """
     values = {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}
+    _merge_overrides(values, overrides)
+    return _build(values)
+
+
+def _merge_overrides(values: Dict[str, Dict[str, Any]], overrides: Mapping[str, Any]) -> None:
     for name, value in overrides.items():
         if value is None:
             continue
         section, key = CLI_ALIASES.get(name) or _split_env_name(name.lower())
         if section not in SECTIONS or key not in _field_names(section):
             raise ConfigError(f"config: unknown override {name!r}")
-        values[section][key] = value if not isinstance(value, Path) else str(value)
-    return _build(values)
+        values.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
 
 
 def _read_toml(path: Path) -> Dict[str, Any]:

@@ -255,3 +255,13 @@ def test_example_config_defaults_match_the_code(tmp_path):
     assert uncommented != example
     cfg = load_config(write(tmp_path, uncommented), env={})
     assert cfg == load_config(None, env={})
+
+
+def test_load_config_overrides_apply_before_validation(bundle, tmp_path):
+    """`--model DIR` must work even where the bundled model is absent."""
+    (bundle / "firmware_models" / "regnety_400mf_inspect").rmdir()
+    model = tmp_path / "m"
+    model.mkdir()
+    cfg = load_config(None, env={"EDGED_MQTT_BROKER": "mqtt://env:1"},
+                      overrides={"model": model, "broker": "mqtt://cli:2", "device": None})
+    assert cfg.model.resolved_path() == model and cfg.mqtt.broker == "mqtt://cli:2"
