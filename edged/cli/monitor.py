@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from edged.config import MqttConfig
 from edged.config_check import check_broker_url
@@ -121,9 +121,9 @@ def render(rows: List[List[str]], header: str, colour: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_monitor(broker: str, prefix: str, once: Optional[float] = None,
-                out=sys.stdout) -> int:
-    """Watch until Ctrl-C (or for `once` seconds, then print one snapshot)."""
+def run_monitor(broker: str, prefix: str, once: Optional[float] = None, out=sys.stdout,
+                until: Optional[Callable[[], bool]] = None) -> int:
+    """Watch until Ctrl-C or `until()` (or for `once` seconds, then print one snapshot)."""
     from edged.mqtt.subscriber import FleetSubscriber
 
     check_broker_url(broker, key="--broker")
@@ -133,23 +133,30 @@ def run_monitor(broker: str, prefix: str, once: Optional[float] = None,
     header = f"edged monitor  {broker}  {prefix}/+/...  (Ctrl-C to quit)"
     try:
         if once is not None:
-            time.sleep(once)   # collect for the requested time, then one snapshot
+            _wait(once, until)   # collect for the requested time, then one snapshot
             out.write(render(view.rows(), header.replace("  (Ctrl-C to quit)", ""), False))
             if not sub.connected.is_set():
                 print(f"edged monitor: error: could not connect to {broker}", file=sys.stderr)
                 return 1
             return 0
         colour = out.isatty()
-        while True:
+        while not (until and until()):
             state = "" if sub.connected.is_set() else "  [not connected]"
             out.write(CLEAR + render(view.rows(), header + state, colour))
             out.flush()
             time.sleep(REDRAW_S)
+        return 0
     except KeyboardInterrupt:
         out.write("\n")
         return 0
     finally:
         sub.stop()
+
+
+def _wait(seconds: float, until: Optional[Callable[[], bool]]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (until and until()):
+        time.sleep(min(REDRAW_S, max(0.0, deadline - time.monotonic())))
 
 
 def register(subparsers: Any) -> None:
