@@ -36,6 +36,7 @@ class CaptureThread:
         self._stop = threading.Event()
         self._error: Optional[str] = None
         self._reading_since: Optional[float] = None
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
 
     def start(self) -> None:
@@ -55,6 +56,16 @@ class CaptureThread:
         if since is not None and time.monotonic() - since > self.stall_timeout_s:
             return False, f"no frame for {time.monotonic() - since:.0f} s from {self.source.uri}"
         return True, None
+
+    def wait_for_state(self, online: bool, timeout: float) -> bool:
+        """Block until the source is (not) delivering frames; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.state()[0] == online, timeout)
+
+    def _set_error(self, error: Optional[str]) -> None:
+        with self._changed:
+            self._error = error
+            self._changed.notify_all()
 
     def _run(self) -> None:
         backoff = self.backoff_initial_s
@@ -87,7 +98,7 @@ class CaptureThread:
         self._reading_since = None
         if self._error is not None:
             log.info("source %s is delivering frames again", self.source.uri)
-            self._error = None
+            self._set_error(None)
         frame = Frame(seq=self.captured, captured_at=time.time() - (time.monotonic() - raw.t_capture),
                       t_capture=raw.t_capture, image=raw.image, decode_ms=raw.decode_ms,
                       meta={"pos": raw.pos})
@@ -100,7 +111,7 @@ class CaptureThread:
         self._reading_since = None
         if self._error != reason:
             log.warning("source %s failed: %s (retrying in %.1f s)", self.source.uri, reason, backoff)
-        self._error = reason
+        self._set_error(reason)
         self.source.close()
         self.reopens += 1
         self._stop.wait(backoff)

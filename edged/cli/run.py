@@ -7,7 +7,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,10 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def load(args: argparse.Namespace) -> Any:
-    """The validated Config for these arguments (ConfigError names the bad key)."""
+def load(args: argparse.Namespace, extra: Optional[Dict[str, Any]] = None) -> Any:
+    """The validated Config for these arguments (ConfigError names the bad key).
+
+    `extra` maps "SECTION_KEY" to values that override everything (for `edged bench`)."""
     from edged.config import env_var, load_config
     # load_config validates everything (the bundled model's presence too) before
     # apply_overrides() could run, so flags go in as the highest-priority env vars.
@@ -36,6 +38,8 @@ def load(args: argparse.Namespace) -> Any:
     flags = {("source", "uri"): args.source, ("mqtt", "broker"): args.broker,
              ("device", "id"): args.device, ("model", "path"): args.model}
     env.update({env_var(*key): str(value) for key, value in flags.items() if value is not None})
+    env.update({f"EDGED_{name}": str(value) for name, value in (extra or {}).items()
+                if value is not None})
     return load_config(args.config, env)
 
 

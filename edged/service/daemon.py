@@ -40,7 +40,7 @@ from edged.errors import UserError
 from edged.models.package import load_package
 from edged.service.publish_policy import PublishPolicy
 from edged.service.stats import PipelineStats
-from edged.service.sysinfo import system_snapshot
+from edged.service.telemetry import system_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Daemon:
         self.boot_id = uuid.uuid4().hex
         self.device_id = cfg.device_id
         self.ready = threading.Event()
-        self.stats = PipelineStats()
+        self.stats = PipelineStats(cfg.telemetry.interval_s)
         self.package = load_package(cfg.model.resolved_path())
         self.model_file = self.package.file_for()
         self.preprocess = Preprocessor(self.package.preprocess)
@@ -296,24 +296,33 @@ class Daemon:
         return [os.getpid()] + ([worker] if worker else [])
 
     def telemetry(self, window_s: float) -> Dict[str, Any]:
+        """The telemetry payload (edged/schemas/telemetry.json)."""
         counts = dict(self.stats.counts, captured=self.capture.captured,
-                      dropped=self.mailbox.dropped, restarts=self.engine.restarts)
-        previous = getattr(self, "_previous_counts", {})
-        self._previous_counts = counts
-        fps = {name: round((counts[name] - previous.get(name, 0)) / window_s, 2)
-               for name in ("captured", "inferred", "published")}
-        info = self.engine.info
-        return {"schema": TELEMETRY_SCHEMA, "device": self.device_id, "boot_id": self.boot_id,
-                "ts": round(time.time(), 3), "uptime_s": round(time.monotonic() - self._started, 1),
-                "window_s": window_s, "fps": fps, "counts": counts,
-                "latency_ms": self.stats.take_window(),
-                "engine": {"backend": info.get("backend", "paddle-lite"), "model": self._model_info(),
-                           "threads": self.cfg.engine.threads, "power_mode": self.cfg.engine.power_mode,
-                           "restarts": self.engine.restarts, "worker_pid": self.engine.worker_pid},
-                "system": system_snapshot(self.pids()),
-                "mqtt": {"connected": bool(getattr(self.link, "connected", False)),
-                         "reconnects": int(getattr(self.link, "reconnects", 0))},
-                "version": __version__}
+                      dropped=self.mailbox.dropped, worker_restarts=self.engine.restarts)
+        model = self._model_info()
+        payload = {"schema": TELEMETRY_SCHEMA, "device": self.device_id, "boot_id": self.boot_id,
+                   "uptime_s": round(time.monotonic() - self._started, 1), "window_s": window_s,
+                   "fps": dict(self.stats.rates(), capture=self._capture_rate()), "counts": counts,
+                   "latency_ms": self.stats.latency_snapshot(),
+                   "engine": {"backend": self.engine.info.get("backend", "paddle-lite"),
+                              "model": model["name"], "version": model["version"],
+                              "threads": self.cfg.engine.threads,
+                              "power_mode": self.cfg.engine.power_mode,
+                              "target": model["target"], "precision": model["precision"],
+                              "median_inference_ms": round(self.engine.median_ms, 2),
+                              "worker_pid": self.engine.worker_pid},
+                   "mqtt": {"connected": bool(getattr(self.link, "connected", False)),
+                            "reconnects": int(getattr(self.link, "reconnects", 0))},
+                   "source": {"uri": self.source_uri, "online": self.capture.state()[0],
+                              "reopens": self.capture.reopens}}
+        payload.update(system_snapshot(self.pids()))
+        return payload
+
+    def _capture_rate(self) -> float:
+        now, captured = time.monotonic(), self.capture.captured
+        then, before = getattr(self, "_capture_mark", (self._started, 0))
+        self._capture_mark = (now, captured)
+        return round((captured - before) / (now - then), 3) if now > then else 0.0
 
     def _publish_telemetry(self, window_s: float) -> None:
         try:

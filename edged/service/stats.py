@@ -1,61 +1,57 @@
-"""Per-stage latency samples and counters of the pipeline, read by telemetry and bench.
+"""Counters, rates and per-stage latencies of the pipeline, for telemetry and bench.
 
-Each stage keeps the samples of the current telemetry window (bounded) and of the
-whole run (bounded reservoir for `edged bench`). Percentiles are computed only when
-asked for, never on the frame path.
+Telemetry's sliding windows are comms' `edged.service.telemetry` helpers; this adds
+the totals and a bounded whole-run reservoir per stage that `edged bench` reads.
+Latencies use the result's stage names; the telemetry name of "total" is
+"end_to_end" (docs/mqtt.md).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Deque, Dict, Iterable, List
+from typing import Deque, Dict, List
 
-import numpy as np
+from edged.service.telemetry import RateWindow, StageLatencies
 
-STAGES = ("decode", "capture_to_preprocess", "preprocess", "queue_wait", "inference",
-          "postprocess", "total")
-WINDOW_MAX = 10000
 RUN_MAX = 100000
-
-
-def percentiles(samples: Iterable[float]) -> Dict[str, float]:
-    """{p50, p90, p99, max} rounded to 0.01; zeros for no samples."""
-    values = np.fromiter(samples, dtype=np.float64)
-    if values.size == 0:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"p50": round(float(p50), 2), "p90": round(float(p90), 2),
-            "p99": round(float(p99), 2), "max": round(float(values.max()), 2)}
+TELEMETRY_NAMES = {"total": "end_to_end"}
+RATES = ("capture", "inference", "publish")
 
 
 class PipelineStats:
-    """Thread-safe latency samples (ms) per stage plus event counters."""
+    """Thread-safe: written by the engine thread, read by the main loop and bench."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_s: float = 10.0) -> None:
         self._lock = threading.Lock()
-        self._window: Dict[str, List[float]] = {s: [] for s in STAGES}
-        self._run: Dict[str, Deque[float]] = {s: deque(maxlen=RUN_MAX) for s in STAGES}
+        self._window = StageLatencies(window_s)
+        self._rates = {name: RateWindow(window_s) for name in RATES}
+        self._run: Dict[str, Deque[float]] = {}
         self.counts: Dict[str, int] = {"inferred": 0, "published": 0, "failed": 0, "skipped": 0}
 
     def add(self, latencies: Dict[str, float]) -> None:
         with self._lock:
             for stage, ms in latencies.items():
-                window = self._window[stage]
-                if len(window) < WINDOW_MAX:
-                    window.append(ms)
-                self._run[stage].append(ms)
+                self._window.add(TELEMETRY_NAMES.get(stage, stage), ms)
+                self._run.setdefault(stage, deque(maxlen=RUN_MAX)).append(ms)
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self.counts[name] = self.counts.get(name, 0) + n
+            rate = {"inferred": "inference", "published": "publish", "captured": "capture"}.get(name)
+            if rate:
+                self._rates[rate].tick()
 
-    def take_window(self) -> Dict[str, Dict[str, float]]:
-        """Percentiles per stage since the last call, and start a new window."""
+    def latency_snapshot(self) -> Dict[str, object]:
         with self._lock:
-            window, self._window = self._window, {s: [] for s in STAGES}
-        return {stage: percentiles(samples) for stage, samples in window.items()}
+            snap = self._window.snapshot()
+        snap.setdefault("end_to_end", None)
+        return snap
+
+    def rates(self) -> Dict[str, float]:
+        with self._lock:
+            return {name: window.rate() for name, window in self._rates.items()}
 
     def run_samples(self, stage: str) -> List[float]:
         with self._lock:
-            return list(self._run[stage])
+            return list(self._run.get(stage, ()))
