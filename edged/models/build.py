@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -156,56 +156,52 @@ def write_manifest(pkg_dir: Path, fields: Dict, files: List[Tuple[str, str, str]
     return manifest
 
 
-def export_package(checkpoint: Path, recipe, work: Path, pkg_dir: Path) -> Dict:
-    """Export, quantize, convert, verify and pack one recipe's trained checkpoint."""
-    from edged.models import synth
-
-    labels = list(synth.LABELS)
-    res = recipe.image_size
-    model = build_model(TrainConfig(arch=asdict(recipe.arch), classes=labels))
+def export_package(checkpoint: Path, arch: regnet.RegNetParams, labels: List[str], resolution: int,
+                   calibration: dataset.ImageSet, test: dataset.ImageSet, name: str, version: str,
+                   work: Path, pkg_dir: Path, training: Optional[Dict] = None) -> Dict:
+    """Export, quantize, convert, verify and pack one trained checkpoint into `pkg_dir`."""
+    model = build_model(TrainConfig(arch=asdict(arch), classes=labels))
     load_weights(model, checkpoint)
     export_dir = work / "export"
     for sub in ("fp32", "int8", "nb"):
         shutil.rmtree(export_dir / sub, ignore_errors=True)
         (export_dir / sub).mkdir(parents=True)
-    export_fp32(model, res, export_dir / "fp32")
-    train = dataset.load(work / "data" / "train", res, labels)
-    test = dataset.load(work / "data" / "test", res, labels)
-    calib = np.random.default_rng(recipe.seeds["train"]).permutation(len(train))[:recipe.calibration_images]
-    quantize_int8(export_dir / "fp32", dataset.to_tensor(train.images[calib]), export_dir / "int8")
+    export_fp32(model, resolution, export_dir / "fp32")
+    quantize_int8(export_dir / "fp32", dataset.to_tensor(calibration.images), export_dir / "int8")
     nb = export_dir / "nb"
     convert(export_dir / "fp32", "x86", nb / NB_FILES["x86", "fp32"])
     convert(export_dir / "fp32", "arm", nb / NB_FILES["arm", "fp32"])
     convert(export_dir / "int8", "arm", nb / NB_FILES["arm", "int8"])
     started = time.time()
     metrics = verify(export_dir / "fp32", export_dir / "int8", nb / NB_FILES["x86", "fp32"], test)
-    metrics.update(latency(nb / NB_FILES["x86", "fp32"], res))
+    metrics.update(latency(nb / NB_FILES["x86", "fp32"], resolution))
     log.info("verified in %.0f s: %s", time.time() - started, metrics)
     shutil.rmtree(pkg_dir, ignore_errors=True)
     shutil.copytree(nb, pkg_dir)
-    cx = regnet.complexity(recipe.arch, len(labels), res)
+    cx = regnet.complexity(arch, len(labels), resolution)
     fields = {
-        "name": recipe.name, "version": recipe.version, "labels": labels,
-        "architecture": {"family": recipe.arch.family, **asdict(recipe.arch),
-                         "stage_depths": [s.depth for s in regnet.stages(recipe.arch)],
-                         "stage_widths": [s.width for s in regnet.stages(recipe.arch)],
+        "name": name, "version": version, "labels": labels,
+        "architecture": {"family": arch.family, **asdict(arch),
+                         "stage_depths": [s.depth for s in regnet.stages(arch)],
+                         "stage_widths": [s.width for s in regnet.stages(arch)],
                          "flops": cx.flops, "params": cx.params},
-        "input": {"shape": [1, 3, res, res], "layout": "NCHW", "channel_order": "RGB",
-                  "resize_short": res, "crop": res, "scale": 1 / 255,
+        "input": {"shape": [1, 3, resolution, resolution], "layout": "NCHW", "channel_order": "RGB",
+                  "resize_short": resolution, "crop": resolution, "scale": 1 / 255,
                   "mean": list(dataset.IMAGENET_MEAN), "std": list(dataset.IMAGENET_STD)},
-        "metrics": metrics, "training": _training_summary(work),
+        "metrics": metrics, "training": training or {},
         "toolchain": toolchain(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return write_manifest(pkg_dir, fields, [(name, t, p) for (t, p), name in NB_FILES.items()])
 
 
-def _training_summary(work: Path) -> Dict:
+def training_summary(*run_dirs: Path) -> Dict:
+    """Per-run resolution, epochs, lr and history, from each run's train_state.json."""
     summary = {}
-    for stage in ("stage1", "stage2"):
-        state_file = work / stage / "train_state.json"
+    for run_dir in run_dirs:
+        state_file = Path(run_dir) / "train_state.json"
         if state_file.exists():
             state = json.loads(state_file.read_text())
             cfg = state["config"]
-            summary[stage] = {"resolution": cfg["resolution"], "epochs": cfg["epochs"], "lr": cfg["lr"],
-                              "history": state["history"]}
+            summary[Path(run_dir).name] = {"resolution": cfg["resolution"], "epochs": cfg["epochs"],
+                                           "lr": cfg["lr"], "history": state["history"]}
     return summary

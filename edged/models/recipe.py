@@ -13,7 +13,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 from edged.models import regnet, synth
 
@@ -116,13 +116,27 @@ def describe(recipe: Recipe) -> Dict:
     return d
 
 
-def run(recipe: Recipe, work: Path, out: Path, progress: bool = True,
-        package_dir: Optional[Path] = None) -> Path:
-    """The whole recipe; returns the package directory."""
-    from edged.models import build  # paddle-side, imported only here
+def package_stage(recipe: Recipe, work: Path, checkpoint: Path, package_dir: Path) -> Path:
+    """Export, quantize (calibration images from the training set), convert, verify, pack."""
+    import numpy as np
 
+    from edged.models import build, dataset  # paddle-side, imported only here
+
+    labels = list(synth.LABELS)
+    train = dataset.load(work / "data" / "train", recipe.image_size, labels)
+    pick = np.random.default_rng(recipe.seeds["train"]).permutation(len(train))[:recipe.calibration_images]
+    calibration = dataset.ImageSet(train.images[pick], train.labels[pick], labels)
+    test = dataset.load(work / "data" / "test", recipe.image_size, labels)
+    training = build.training_summary(work / "stage1", work / "stage2")
+    training["recipe"] = describe(recipe)
+    build.export_package(checkpoint, recipe.arch, labels, recipe.image_size, calibration, test,
+                         recipe.name, recipe.version, work, package_dir, training)
+    return package_dir
+
+
+def run(recipe: Recipe, work: Path, out: Path, progress: bool = True) -> Path:
+    """The whole recipe into `out/<name>/` and `out/sample/`; returns the package directory."""
     checkpoint = train_stages(recipe, work, progress)
-    package_dir = package_dir or out / recipe.name
-    build.export_package(checkpoint, recipe, work, package_dir)
+    package_dir = package_stage(recipe, work, checkpoint, out / recipe.name)
     video_stage(recipe, out / "sample")
     return package_dir
