@@ -209,12 +209,16 @@ class Engine:
             self._idle.notify_all()
 
     def _check_hang(self, worker: WorkerProcess) -> None:
+        """Busy too long, or a job not even started (a stopped process) for too long."""
         since = worker.busy_since
         if since <= 0:
-            return
+            with self._lock:
+                if not self._jobs:
+                    return
+                since = min(job.submitted for job in self._jobs.values())
         limit = max(self.settings.hang_min_s, self.settings.hang_factor * self.median_ms / 1e3)
         if time.monotonic() - since > limit:
-            raise WorkerError(f"worker hung (busy for more than {limit:.1f} s)")
+            raise WorkerError(f"worker hung (no answer for more than {limit:.1f} s)")
 
     def _replace_worker(self, reason: str) -> None:
         """Kill, fail its jobs, wait out the restart budget, spawn again (until stopped)."""
@@ -245,6 +249,7 @@ class Engine:
         with self._lock:
             self._worker = worker
             for job_id, job in sorted(self._jobs.items()):
+                job.submitted = time.monotonic()  # its wait starts again with this worker
                 worker.submit(job_id, job.slot.index)
         self.restarts += 1
         self.problem = None

@@ -1,0 +1,125 @@
+"""Running the real daemon (`python -m edged run`) as a child process in tests.
+
+`model_dir()` is the bundled package when it exists, else the placeholder package
+(`$EDGED_TEST_MODEL`, default /work/scratch/placeholder_pkg), so the tests move to the
+shipped model by themselves once it lands.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED_MODEL = REPO / "firmware_models" / "regnety_400mf_inspect"
+SAMPLE_VIDEO = REPO / "firmware_models" / "sample" / "parts.mp4"
+SAMPLE_LABELS = REPO / "firmware_models" / "sample" / "parts.labels.csv"
+PLACEHOLDER = Path(os.environ.get("EDGED_TEST_MODEL", "/work/scratch/placeholder_pkg"))
+
+
+def model_dir() -> Path:
+    if (BUNDLED_MODEL / "manifest.json").is_file():
+        return BUNDLED_MODEL
+    if (PLACEHOLDER / "manifest.json").is_file():
+        return PLACEHOLDER
+    pytest.skip("no model package: neither firmware_models/regnety_400mf_inspect nor $EDGED_TEST_MODEL")
+
+
+def bundled_sample() -> Tuple[Path, Path]:
+    """(video, labels.csv) of the shipped sample with the shipped model, or skip."""
+    if not (BUNDLED_MODEL / "manifest.json").is_file():
+        pytest.skip("the shipped model package has not landed in firmware_models/ yet")
+    if not (SAMPLE_VIDEO.is_file() and SAMPLE_LABELS.is_file()):
+        pytest.skip("the sample video or its label sidecar has not landed yet")
+    return SAMPLE_VIDEO, SAMPLE_LABELS
+
+
+def write_video(path: Path, frames: int, fps: float = 25.0, size: Tuple[int, int] = (320, 240)) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        image = np.full((size[1], size[0], 3), (i * 37) % 256, np.uint8)
+        cv2.circle(image, (int(rng.integers(0, size[0])), size[1] // 2), 30, (0, 0, 255), -1)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def toml_text(sections: Dict[str, Dict[str, Any]]) -> str:
+    lines: List[str] = []
+    for section, keys in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in keys.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+class DaemonProcess:
+    """`edged run` in a child process with its output in a log file."""
+
+    def __init__(self, workdir: Path, source: str, broker_url: str, device: str,
+                 config: Optional[Dict[str, Dict[str, Any]]] = None, model: Optional[Path] = None,
+                 extra_args: Sequence[str] = ()) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        sections = {"device": {"state_dir": str(workdir / "state")},
+                    "source": {"reopen_backoff_initial_s": 0.1, "reopen_backoff_max_s": 0.5}}
+        for name, keys in (config or {}).items():
+            sections.setdefault(name, {}).update(keys)
+        self.config_path = workdir / "edged.toml"
+        self.config_path.write_text(toml_text(sections))
+        self.log_path = workdir / "daemon.log"
+        self.args = [sys.executable, "-m", "edged", "run", "--config", str(self.config_path),
+                     "--source", source, "--broker", broker_url, "--device", device,
+                     "--model", str(model or model_dir()), *extra_args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+        env["PYTHONPATH"] = str(REPO)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon still running after {timeout}s; log:\n{self.log()}") from None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "edged", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
