@@ -33,3 +33,24 @@ def test_run_help_lists_the_overrides():
     assert proc.returncode == 0
     for flag in ("--config", "--source", "--broker", "--device", "--model", "--max-frames"):
         assert flag in proc.stdout
+
+
+def test_model_that_paddle_lite_cannot_load_exits_2(tmp_path):
+    import hashlib
+    import json
+    import shutil
+
+    source = model_dir()
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        path = broken / entry["path"]
+        path.write_bytes(b"not a paddle lite model" * 100)
+        entry["size"] = path.stat().st_size
+        entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("run", "--model", str(broken), "--source", "synthetic:64x48@5",
+                   "--broker", "mqtt://127.0.0.1:1", "--max-frames", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert "edged run: error: model" in proc.stderr and "Traceback" not in proc.stderr

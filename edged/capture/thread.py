@@ -46,7 +46,8 @@ class CaptureThread:
         """Stop reading, close the mailbox (consumers drain it) and the source."""
         self._stop.set()
         self.mailbox.close()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def state(self) -> Tuple[bool, Optional[str]]:
         """(online, reason): offline after a failure or a read stalled past the timeout."""

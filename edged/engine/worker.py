@@ -127,6 +127,18 @@ def _serve(conn: Connection, predictor: Any, header: np.ndarray, inputs: list) -
         conn.send(("done", job, slot, started, (done - started) * 1e3, output))
 
 
+def describe_exit(code: Optional[int]) -> str:
+    """'exited with code 3' / 'killed by SIGKILL' for a multiprocessing exitcode."""
+    if code is None:
+        return "is gone"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 class WorkerProcess:
     """The parent's handle: spawn, wait until ready, submit, receive, kill."""
 
@@ -145,7 +157,11 @@ class WorkerProcess:
         self._header[0] = 0.0
         self._process.start()
         self._child_conn.close()
-        message = self.recv(timeout)
+        try:
+            message = self.recv(timeout)
+        except WorkerError:
+            raise WorkerError(f"Paddle Lite could not load {self.spec.model_path} "
+                              f"(worker {describe_exit(self._process.exitcode)})") from None
         if message is None or message[0] != "ready":
             reason = message[1] if message else f"not ready within {timeout:.0f} s"
             self.kill()
@@ -173,12 +189,12 @@ class WorkerProcess:
         try:
             if not self._conn.poll(timeout):
                 if not self._process.is_alive():
-                    raise WorkerError(f"worker exited with code {self._process.exitcode}")
+                    raise WorkerError(f"worker {describe_exit(self._process.exitcode)}")
                 return None
             return self._conn.recv()
         except (EOFError, OSError):
             self._process.join(1.0)
-            raise WorkerError(f"worker exited with code {self._process.exitcode}") from None
+            raise WorkerError(f"worker {describe_exit(self._process.exitcode)}") from None
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask politely, then kill."""

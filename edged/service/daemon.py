@@ -151,7 +151,8 @@ class Daemon:
         """Stop capture, finish the frames in flight, flush, go offline (bounded)."""
         self._stop.set()
         self.capture.stop()
-        self._feeder.join(10.0) if self._feeder.is_alive() else None
+        if self._feeder.is_alive():
+            self._feeder.join(10.0)
         budget = max(5.0, 3 * self.engine.median_ms / 1e3)
         if not self.engine.drain(budget):
             log.warning("frames still in flight after %.1f s; dropping them", budget)
