@@ -44,7 +44,7 @@ def bench(args: argparse.Namespace) -> int:
     try:
         flags = argparse.Namespace(config=args.config, source=SOURCE, model=args.model,
                                    device="bench", broker=broker.url if broker else None)
-        extra = {"ENGINE_THREADS": args.threads, "TELEMETRY_INTERVAL_S": 3600}
+        extra = {"engine_threads": args.threads, "telemetry_interval_s": 3600.0}
         cfg = load(flags, extra)
         report = measure(cfg, args.seconds, with_broker=broker is not None)
     finally:

@@ -30,17 +30,12 @@ def register(sub: Any) -> None:
 def load(args: argparse.Namespace, extra: Optional[Dict[str, Any]] = None) -> Any:
     """The validated Config for these arguments (ConfigError names the bad key).
 
-    `extra` maps "SECTION_KEY" to values that override everything (for `edged bench`)."""
-    from edged.config import env_var, load_config
-    # load_config validates everything (the bundled model's presence too) before
-    # apply_overrides() could run, so flags go in as the highest-priority env vars.
-    env = dict(os.environ)
-    flags = {("source", "uri"): args.source, ("mqtt", "broker"): args.broker,
-             ("device", "id"): args.device, ("model", "path"): args.model}
-    env.update({env_var(*key): str(value) for key, value in flags.items() if value is not None})
-    env.update({f"EDGED_{name}": str(value) for name, value in (extra or {}).items()
-                if value is not None})
-    return load_config(args.config, env)
+    `extra` maps "<section>_<key>" to values that override everything (for `edged bench`)."""
+    from edged.config import load_config
+    overrides: Dict[str, Any] = {"source": args.source, "broker": args.broker,
+                                 "device": args.device, "model": args.model}
+    overrides.update(extra or {})
+    return load_config(args.config, os.environ, overrides=overrides)
 
 
 def run(args: argparse.Namespace) -> int:
