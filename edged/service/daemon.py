@@ -29,6 +29,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+import cv2
+
 from edged import __version__
 from edged.capture import CaptureThread, Frame, Mailbox, open_source
 from edged.config import Config
@@ -70,6 +72,7 @@ class Daemon:
 
     def __init__(self, cfg: Config, max_frames: Optional[int] = None,
                  link_factory: Optional[Callable[..., Any]] = None) -> None:
+        cv2.setNumThreads(1)  # preprocessing stays on one core; the others are inference's
         self.cfg = cfg
         self.max_frames = max_frames
         self.boot_id = uuid.uuid4().hex
