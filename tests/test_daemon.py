@@ -8,6 +8,7 @@ import shutil
 import signal
 
 import jsonschema
+import psutil
 import pytest
 
 from edged.schemas import load_schema
@@ -30,6 +31,18 @@ def status_is(device: str, state: str, reason_part: str = ""):
         return (m.topic == topic(device, "status") and m.payload["state"] == state
                 and reason_part in (m.payload.get("reason") or ""))
     return match
+
+
+def worker_gone(pid: int, timeout: float) -> bool:
+    """True once `pid` has exited (or is a zombie waiting for its new parent to reap it)."""
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    return True
 
 
 def assert_consecutive(results):
@@ -68,14 +81,18 @@ def test_sample_video_results_match_the_label_sidecar(tmp_path, mqtt_broker, mqt
 
 def test_status_online_while_running_and_last_will_offline_after_kill_9(
         tmp_path, mqtt_broker, mqtt_collector):
-    sub = mqtt_collector(mqtt_broker, "edged/cam-k/status")
-    daemon = DaemonProcess(tmp_path / "d", "synthetic:320x240@10", mqtt_broker.url, "cam-k")
+    sub = mqtt_collector(mqtt_broker, "edged/cam-k/#")
+    daemon = DaemonProcess(tmp_path / "d", "synthetic:320x240@10", mqtt_broker.url, "cam-k",
+                           config=FAST_TELEMETRY)
     try:
         online = sub.wait_for(status_is("cam-k", "online"), timeout=60)[-1]
         jsonschema.validate(online.payload, load_schema("status"))
+        worker = sub.wait_for(lambda m: m.topic.endswith("/telemetry"),
+                              timeout=30)[-1].payload["engine"]["worker_pid"]
         daemon.signal(signal.SIGKILL)
         will = sub.wait_for(status_is("cam-k", "offline"), timeout=30)[-1].payload
         assert will["boot_id"] == online.payload["boot_id"] and will["reason"] == "connection lost"
+        assert worker_gone(worker, timeout=10), "the worker outlived its daemon"
     finally:
         daemon.kill()
     late = mqtt_collector(mqtt_broker, "edged/cam-k/status")
