@@ -96,7 +96,7 @@ def measure_daemon(cfg: Any, seconds: float) -> Dict[str, Any]:
     time.sleep(seconds)
     n1, elapsed = daemon.stats.counts["inferred"], time.monotonic() - t0
     samples = {s: daemon.stats.run_samples(s)[first:] for s in
-               ("total", "inference", "decode", "preprocess", "queue_wait")}
+               ("total", "inference", "decode", "preprocess", "queue_wait", "worker_idle")}
     peak = peak_rss_mb() + worker_peak.read()
     daemon.request_stop()
     thread.join(30)
@@ -146,6 +146,8 @@ def summarize(bare: Dict[str, Any], daemon: Dict[str, Any], naive: Dict[str, Any
         "decode_ms_median": round(statistics.median(s["decode"]), 2),
         "preprocess_ms_median": round(statistics.median(s["preprocess"]), 2),
         "queue_wait_ms_median": round(statistics.median(s["queue_wait"]), 2),
+        "worker_idle_ms": {"median": round(statistics.median(s["worker_idle"]), 2),
+                           "share": round(sum(s["worker_idle"]) / 1e3 / daemon["elapsed"], 3)},
         "daemon_frames": daemon["frames"], "daemon_dropped": daemon["dropped"],
         "peak_rss_mb": {"daemon_total": round(daemon["peak_rss_mb"], 1),
                         "bare_process": round(bare["peak_rss_mb"], 1),

@@ -59,6 +59,7 @@ class Result:
     queue_wait_ms: float = 0.0
     done: float = 0.0  # monotonic, when the parent received it
     error: Optional[str] = None
+    worker_idle_ms: float = 0.0  # how long the worker waited for this input (starvation)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Engine:
         self._next_job = 0
         self._times: Deque[float] = deque(maxlen=200)
         self._restart_times: Deque[float] = deque()
+        self._last_done = 0.0
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._worker: Optional[WorkerProcess] = None
@@ -194,8 +196,11 @@ class Engine:
         check_finite(output)  # raises before the job is settled: it fails with the worker
         self._times.append(inference_ms)
         self.inferred += 1
+        idle = max(0.0, started - self._last_done) * 1e3 if self._last_done else 0.0
+        self._last_done = started + inference_ms / 1e3
         self._settle(job_id, Result(job.tag, output, inference_ms,
-                                    max(0.0, (started - job.submitted) * 1e3), time.monotonic()))
+                                    max(0.0, (started - job.submitted) * 1e3), time.monotonic(),
+                                    worker_idle_ms=idle))
 
     def _settle(self, job_id: int, result: Result) -> None:
         with self._lock:
@@ -224,6 +229,7 @@ class Engine:
         """Kill, fail its jobs, wait out the restart budget, spawn again (until stopped)."""
         log.warning("inference worker failed: %s; restarting", reason)
         self.problem = f"inference worker restarting: {reason}"
+        self._last_done = 0.0
         with self._lock:
             worker, self._worker = self._worker, None
             pending = [(job_id, job.tag) for job_id, job in sorted(self._jobs.items())]

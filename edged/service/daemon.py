@@ -257,7 +257,7 @@ class Daemon:
                    "preprocess": (tag.t_pre_end - tag.t_pre_start) * 1e3,
                    "queue_wait": result.queue_wait_ms, "inference": result.inference_ms,
                    "postprocess": (t_end - t0) * 1e3, "total": (t_end - tag.t_capture) * 1e3}
-        self.stats.add(dict(latency, decode=tag.decode_ms))
+        self.stats.add(dict(latency, decode=tag.decode_ms, worker_idle=result.worker_idle_ms))
         if not publish:
             self.stats.count("skipped")
             return
