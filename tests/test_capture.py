@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edged.capture import (CaptureThread, EndOfStream, Frame, Mailbox, MailboxClosed, SourceError,
                            SourceUriError, open_source, parse_uri)
@@ -259,3 +261,21 @@ def test_capture_thread_reports_a_stalled_read():
     finally:
         source.release.set()
         capture.stop()
+
+
+@given(st.lists(st.sampled_from(["put", "get"]), max_size=60))
+def test_mailbox_accounts_for_every_frame(ops):
+    """Whatever the interleaving: delivered + dropped + still waiting == offered, and
+    every delivered frame is newer than the one before."""
+    box, offered, seen = Mailbox(), 0, []
+    for op in ops:
+        if op == "put":
+            box.put(frame(offered))
+            offered += 1
+        else:
+            got = box.get(timeout=0)
+            if got is not None:
+                seen.append(got.seq)
+    waiting = 1 if box.get(timeout=0) is not None else 0
+    assert len(seen) + box.dropped + waiting == offered
+    assert seen == sorted(seen)
