@@ -91,14 +91,14 @@ class Daemon:
         self.capture = CaptureThread(open_source(self.source_uri, defaults), self.mailbox,
                                      src.stall_timeout_s, src.reopen_backoff_initial_s,
                                      src.reopen_backoff_max_s)
+        if link_factory is None:
+            from edged.mqtt.link import MqttLink as link_factory  # the only paho user
+        self.link = link_factory(cfg.mqtt, self.device_id, self.boot_id)
         eng = cfg.engine
         settings = EngineSettings(eng.threads, eng.power_mode, eng.hang_factor, eng.hang_min_s,
                                   eng.max_restarts_per_minute)
         self.engine = Engine(str(self.package.path_of(self.model_file)), self.preprocess.shape,
                              settings, self._on_result)
-        if link_factory is None:
-            from edged.mqtt.link import MqttLink as link_factory  # the only paho user
-        self.link = link_factory(cfg.mqtt, self.device_id, self.boot_id)
         self.seq = 0
         self.submitted = 0
         self._stop = threading.Event()
@@ -122,6 +122,8 @@ class Daemon:
         finally:
             self._shutdown()
             self._restore_signals(previous)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         return 0
 
     def request_stop(self) -> None:
@@ -161,8 +163,6 @@ class Daemon:
             log.warning("frames still in flight after %.1f s; dropping them", budget)
         self.engine.stop()
         self.link.stop(timeout=5.0)  # publishes status offline, waits for acks
-        os.close(self._wake_r)
-        os.close(self._wake_w)
         log.info("stopped: %d frames inferred, %d results published", self.stats.counts["inferred"],
                  self.seq)
 
