@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -40,6 +41,10 @@ def bench(args: argparse.Namespace) -> int:
 
     if args.seconds <= 0 or (args.threads is not None and args.threads < 1):
         raise UsageError("--seconds must be > 0 and --threads >= 1")
+    if not getattr(args, "verbose", False):  # the table is the output; keep the daemon quiet
+        logging.getLogger("edged").setLevel(logging.WARNING)
+        logging.getLogger("edged.mqtt").setLevel(logging.ERROR)  # "disconnected" at stop
+        logging.getLogger("edged.mqtt.paho").setLevel(logging.CRITICAL)
     broker = LocalBroker.start()
     try:
         flags = argparse.Namespace(config=args.config, source=SOURCE, model=args.model,
@@ -67,15 +72,19 @@ def measure(cfg: Any, seconds: float, with_broker: bool) -> Dict[str, Any]:
     shape = (1, 3, p.height, p.width)
     threads, power = cfg.engine.threads, cfg.engine.power_mode
     timeout = seconds + 120
-    log.info("bench: (a) bare Paddle Lite loop, %s thread(s), %.0f s", threads, seconds)
+    _progress(f"(a) bare Paddle Lite loop, {threads} thread(s), {seconds:.0f} s")
     bare = run_in_process(bare_loop, model, shape, threads, power, seconds, timeout=timeout)
-    log.info("bench: (b) daemon pipeline on %s", SOURCE)
+    _progress(f"(b) daemon pipeline on {SOURCE}")
     daemon = measure_daemon(cfg, seconds)
-    log.info("bench: (c) naive single-threaded loop")
+    _progress("(c) naive single-threaded loop")
     jpegs = SyntheticSource(SOURCE, 1920, 1080, 0, mjpg=True).encoded()
     naive = run_in_process(naive_loop, model, p, pkg.labels, threads, power, seconds, jpegs,
                            cfg.mqtt if with_broker else None, timeout=timeout)
     return summarize(bare, daemon, naive, threads, model, with_broker)
+
+
+def _progress(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
 def measure_daemon(cfg: Any, seconds: float) -> Dict[str, Any]:

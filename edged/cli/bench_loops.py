@@ -56,6 +56,8 @@ def naive_loop(model_path: str, spec: Any, labels: List[str], threads: int, powe
     from edged.engine.preprocess import Preprocessor
     from edged.mqtt.link import MqttLink
 
+    import logging
+    logging.getLogger("edged.mqtt").setLevel(logging.CRITICAL)  # the bench prints the table
     predictor = _predictor(model_path, threads, power_mode)
     preprocess = Preprocessor(spec)
     link = MqttLink(mqtt_cfg, "bench-naive", uuid.uuid4().hex) if mqtt_cfg is not None else None
