@@ -13,7 +13,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 from edged.models import regnet, synth
 
@@ -21,20 +21,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One training cycle (cosine schedule with warmup), initialised from the previous stage."""
+
+    resolution: int
+    epochs: int
+    lr: float
+    images: int = 0  # 0: the whole training set; else a fixed random subset
+    warmup_epochs: float = 0.3
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     version: str
     arch: regnet.RegNetParams
-    image_size: int          # rendered dataset images (and the deployed input size)
+    image_size: int          # rendered dataset images and the deployed input size
     train_per_class: int
     val_per_class: int
     test_per_class: int      # held-out set for the manifest's top-1 figures
-    stage1_resolution: int   # most epochs run at a low resolution (CPU budget) ...
-    stage1_epochs: int
-    stage2_images: int       # ... then a short fine-tune at the deployed resolution
-    stage2_epochs: int
+    stages: Tuple[Stage, ...]  # progressive resizing: cheap low-resolution epochs first
     batch_size: int
-    lr: float
     calibration_images: int
     video_parts: int
     video_frames_per_part: int
@@ -44,17 +51,17 @@ class Recipe:
 FULL = Recipe(
     name="regnety_400mf_inspect", version="1.0.0", arch=regnet.lookup("RegNetY-400MF"),
     image_size=224, train_per_class=1500, val_per_class=100, test_per_class=200,
-    stage1_resolution=112, stage1_epochs=3, stage2_images=2400, stage2_epochs=1,
-    batch_size=32, lr=2e-3, calibration_images=160, video_parts=45, video_frames_per_part=8,
+    stages=(Stage(112, 3, 2e-3), Stage(144, 3, 1e-3), Stage(224, 1, 2e-4, images=2400, warmup_epochs=0.1)),
+    batch_size=32, calibration_images=160, video_parts=45, video_frames_per_part=8,
     seeds={"train": 1, "val": 2, "test": 3, "video": 4, "init": 0},
 )
 
 TINY = replace(
     FULL, name="tiny_inspect", version="0.0.1",
     arch=regnet.custom("RegNetY-tiny", depth=3, w0=8, wa=8.0, wm=2.0, group_width=8, stem_width=8),
-    image_size=32, train_per_class=12, val_per_class=3, test_per_class=4, stage1_resolution=32,
-    stage1_epochs=1, stage2_images=18, stage2_epochs=1, batch_size=8, calibration_images=8,
-    video_parts=3, video_frames_per_part=2,
+    image_size=32, train_per_class=12, val_per_class=3, test_per_class=4,
+    stages=(Stage(32, 1, 2e-3), Stage(32, 1, 2e-4, images=18, warmup_epochs=0.1)),
+    batch_size=8, calibration_images=8, video_parts=3, video_frames_per_part=2,
 )
 
 
@@ -75,7 +82,7 @@ def data_stage(recipe: Recipe, work: Path) -> Dict[str, Path]:
 
 
 def train_stages(recipe: Recipe, work: Path, progress: bool = True) -> Path:
-    """Stage 1 at low resolution, stage 2 fine-tune at full resolution; returns the checkpoint."""
+    """Run the training stages in order (each resumable); returns the final checkpoint."""
     import numpy as np
 
     from edged.models import dataset
@@ -84,19 +91,19 @@ def train_stages(recipe: Recipe, work: Path, progress: bool = True) -> Path:
     paths = data_stage(recipe, work)
     train = dataset.load(paths["train"], recipe.image_size, synth.LABELS)
     val = dataset.load(paths["val"], recipe.image_size, synth.LABELS)
-    common = dict(arch=asdict(recipe.arch), classes=list(synth.LABELS), batch_size=recipe.batch_size,
-                  seed=recipe.seeds["init"])
-    stage1 = TrainConfig(resolution=recipe.stage1_resolution, epochs=recipe.stage1_epochs, lr=recipe.lr,
-                         warmup_epochs=0.3, **common)
-    Trainer(stage1, train, val, work / "stage1").fit(progress)
-    rng = np.random.default_rng(recipe.seeds["train"])
-    subset_idx = np.sort(rng.permutation(len(train))[: recipe.stage2_images])
-    subset = dataset.ImageSet(train.images[subset_idx], train.labels[subset_idx], train.classes)
-    stage2 = TrainConfig(resolution=recipe.image_size, epochs=recipe.stage2_epochs, lr=recipe.lr * 0.1,
-                         warmup_epochs=0.1, **common)
-    Trainer(stage2, subset, val, work / "stage2", init_from=work / "stage1" / "last.pdparams",
-            keep_head=True).fit(progress)
-    return work / "stage2" / "last.pdparams"
+    previous = None
+    for number, stage in enumerate(recipe.stages, start=1):
+        images = train
+        if stage.images:
+            pick = np.sort(np.random.default_rng(recipe.seeds["train"]).permutation(len(train))[:stage.images])
+            images = dataset.ImageSet(train.images[pick], train.labels[pick], train.classes)
+        cfg = TrainConfig(arch=asdict(recipe.arch), classes=list(synth.LABELS), resolution=stage.resolution,
+                          epochs=stage.epochs, batch_size=recipe.batch_size, lr=stage.lr,
+                          warmup_epochs=stage.warmup_epochs, seed=recipe.seeds["init"])
+        run_dir = work / f"stage{number}"
+        Trainer(cfg, images, val, run_dir, init_from=previous, keep_head=True).fit(progress)
+        previous = run_dir / "last.pdparams"
+    return previous
 
 
 def video_stage(recipe: Recipe, out_dir: Path) -> Path:
@@ -127,7 +134,7 @@ def package_stage(recipe: Recipe, work: Path, checkpoint: Path, package_dir: Pat
     pick = np.random.default_rng(recipe.seeds["train"]).permutation(len(train))[:recipe.calibration_images]
     calibration = dataset.ImageSet(train.images[pick], train.labels[pick], labels)
     test = dataset.load(work / "data" / "test", recipe.image_size, labels)
-    training = build.training_summary(work / "stage1", work / "stage2")
+    training = build.training_summary(*(work / f"stage{i}" for i in range(1, len(recipe.stages) + 1)))
     training["recipe"] = describe(recipe)
     build.export_package(checkpoint, recipe.arch, labels, recipe.image_size, calibration, test,
                          recipe.name, recipe.version, work, package_dir, training)

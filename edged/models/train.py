@@ -162,8 +162,8 @@ class Trainer:
         if not state_file.is_file():
             return
         state = json.loads(state_file.read_text())
-        if state.get("config", {}).get("arch") != self.cfg.arch:
-            raise CheckpointError(f"{self.out}: holds a run of another architecture; use a new --out")
+        if state.get("config") != asdict(self.cfg):
+            raise CheckpointError(f"{self.out}: holds a run with other settings; use a new --out")
         load_weights(self.model, self.out / CHECKPOINT)
         self.optimizer.set_state_dict(paddle.load(str(self.out / OPTIMIZER)))
         self.epoch, self.history = state["epoch"], state["history"]
