@@ -168,3 +168,28 @@ def test_unreadable_camera_device_is_retried_and_reported_degraded(
     finally:
         daemon.kill()
     assert "retrying" in daemon.log()
+
+
+def test_sigint_finishes_in_flight_frames_and_goes_offline(tmp_path, mqtt_broker, mqtt_collector):
+    sub = mqtt_collector(mqtt_broker, "edged/cam-i/#")
+    daemon = DaemonProcess(tmp_path / "d", "synthetic:320x240@30", mqtt_broker.url, "cam-i")
+    try:
+        sub.wait_for(status_is("cam-i", "online"), timeout=60)
+        sub.wait_for(lambda m: m.topic.endswith("/result"), count=3, timeout=30)
+        daemon.signal(signal.SIGINT)
+        assert daemon.wait(30) == 0, daemon.log()
+    finally:
+        daemon.kill()
+    sub.wait_for(status_is("cam-i", "offline", "shutdown"), timeout=10)
+    assert_consecutive(payloads(sub, "cam-i", "result"))
+    assert "Traceback" not in daemon.log()
+
+
+def test_max_frames_stops_after_exactly_that_many_results(tmp_path, mqtt_broker, mqtt_collector):
+    sub = mqtt_collector(mqtt_broker, "edged/cam-m/result")
+    daemon = DaemonProcess(tmp_path / "d", "synthetic:320x240@0", mqtt_broker.url, "cam-m",
+                           extra_args=["--max-frames", "7"])
+    assert daemon.wait(120) == 0, daemon.log()
+    results = payloads(sub, "cam-m", "result")
+    assert_consecutive(results)
+    assert len(results) == 7 and [r["frame"] for r in results] == list(range(7))
