@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from edged.schemas import load_schema
-from helpers.daemon import DaemonProcess, bundled_sample, model_dir, write_video
+from helpers.daemon import DaemonProcess, bundled_sample, direct_top1, model_dir, write_video
 
 pytestmark = pytest.mark.slow
 FAST_TELEMETRY = {"telemetry": {"interval_s": 0.5}}
@@ -63,6 +63,20 @@ def test_every_frame_of_a_file_is_published_in_order_without_seq_gaps(
         jsonschema.validate(r, load_schema("result"))
     final = sub.wait_for(status_is("cam-a", "offline", "shutdown"), timeout=10)[-1].payload
     jsonschema.validate(final, load_schema("status"))
+
+
+def test_pipeline_results_equal_direct_inference_frame_by_frame(tmp_path, mqtt_broker, mqtt_collector):
+    """Double-buffered shared memory must never pair a frame with another's output."""
+    video = write_video(tmp_path / "varied.mp4", frames=24)
+    sub = mqtt_collector(mqtt_broker, "edged/cam-r/result")
+    daemon = DaemonProcess(tmp_path / "d", f"file:{video}?loop=0&rate=max", mqtt_broker.url, "cam-r")
+    assert daemon.wait(120) == 0, daemon.log()
+    got = [(r["top"][0]["label"], r["top"][0]["score"]) for r in payloads(sub, "cam-r", "result")]
+    expected = direct_top1(model_dir(), video)
+    assert len(got) == len(expected) == 24
+    assert len(set(expected)) > 1, "the clip should give varied outputs"
+    for frame, ((label, score), (want_label, want_score)) in enumerate(zip(got, expected)):
+        assert label == want_label and score == pytest.approx(want_score, abs=1e-4), frame
 
 
 def test_sample_video_results_match_the_label_sidecar(tmp_path, mqtt_broker, mqtt_collector):

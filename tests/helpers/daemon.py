@@ -123,3 +123,32 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run([sys.executable, "-m", "edged", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def direct_top1_child(model: str, video: str, conn: Any) -> None:
+    """In a fresh process: every frame of `video` through Preprocessor + Paddle Lite,
+    with no pipeline in between (the reference the daemon must reproduce)."""
+    from edged.engine.lite import configure_threads
+    configure_threads(1)
+    from edged.engine.lite import LitePredictor
+    from edged.engine.postprocess import top_k
+    from edged.engine.preprocess import Preprocessor
+    from edged.models.package import load_package
+
+    pkg = load_package(model)
+    predictor = LitePredictor(str(pkg.path_of(pkg.file_for())), 1)
+    preprocess = Preprocessor(pkg.preprocess)
+    cap = cv2.VideoCapture(video)
+    out = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        top = top_k(predictor.run(preprocess(image)), pkg.labels, 1)[0]
+        out.append((top["label"], top["score"]))
+    conn.send(out)
+
+
+def direct_top1(model: Path, video: Path) -> List[Tuple[str, float]]:
+    from edged.cli.bench_loops import run_in_process
+    return run_in_process(direct_top1_child, str(model), str(video), timeout=300)
