@@ -9,10 +9,6 @@ import sys
 import psutil
 import pytest
 
-from edged.config import default_model_dir
-
-needs_model = pytest.mark.skipif(not default_model_dir().is_dir(),
-                                 reason=f"bundled model {default_model_dir()} not built yet")
 
 
 def demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -29,7 +25,6 @@ def test_demo_reports_daemon_start_failure_in_one_line_and_stops(broker_flag, tm
     assert "Traceback" not in done.stderr
 
 
-@needs_model
 @pytest.mark.slow
 def test_demo_shows_the_device_online_with_results(tmp_path):
     done = demo("--embedded-broker", "--device", "demo-cam", "--source", "synthetic:320x240@10",
@@ -39,7 +34,6 @@ def test_demo_shows_the_device_online_with_results(tmp_path):
     assert "online" in row
 
 
-@needs_model
 @pytest.mark.slow
 def test_ctrl_c_stops_daemon_then_broker():
     proc = subprocess.Popen([sys.executable, "-m", "edged", "demo", "--device", "demo-int",

@@ -1,8 +1,6 @@
 """Running the real daemon (`python -m edged run`) as a child process in tests.
 
-`model_dir()` is the bundled package when it exists, else the placeholder package
-(`$EDGED_TEST_MODEL`, default /work/scratch/placeholder_pkg), so the tests move to the
-shipped model by themselves once it lands.
+The tests run the shipped model package and sample video from firmware_models/.
 """
 
 from __future__ import annotations
@@ -22,23 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL = REPO / "firmware_models" / "regnety_400mf_inspect"
 SAMPLE_VIDEO = REPO / "firmware_models" / "sample" / "parts.mp4"
 SAMPLE_LABELS = REPO / "firmware_models" / "sample" / "parts.labels.csv"
-PLACEHOLDER = Path(os.environ.get("EDGED_TEST_MODEL", "/work/scratch/placeholder_pkg"))
 
 
 def model_dir() -> Path:
-    if (BUNDLED_MODEL / "manifest.json").is_file():
-        return BUNDLED_MODEL
-    if (PLACEHOLDER / "manifest.json").is_file():
-        return PLACEHOLDER
-    pytest.skip("no model package: neither firmware_models/regnety_400mf_inspect nor $EDGED_TEST_MODEL")
+    return BUNDLED_MODEL
 
 
 def bundled_sample() -> Tuple[Path, Path]:
-    """(video, labels.csv) of the shipped sample with the shipped model, or skip."""
-    if not (BUNDLED_MODEL / "manifest.json").is_file():
-        pytest.skip("the shipped model package has not landed in firmware_models/ yet")
-    if not (SAMPLE_VIDEO.is_file() and SAMPLE_LABELS.is_file()):
-        pytest.skip("the sample video or its label sidecar has not landed yet")
+    """(video, labels.csv) of the shipped sample."""
     return SAMPLE_VIDEO, SAMPLE_LABELS
 
 
