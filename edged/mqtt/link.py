@@ -211,9 +211,9 @@ class MqttLink:
         left = self._wait_acked(deadline)
         if left:
             log.warning("mqtt: %d message(s) not acknowledged before shutdown", left)
+        self._started = False  # before disconnect: a clean stop is not a connection loss
         self._client.disconnect()
         self._client.loop_stop()
-        self._started = False
 
     # --------------------------------------------------------------- helpers
     def _wait_acked(self, deadline: float) -> int:
