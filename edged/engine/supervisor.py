@@ -100,6 +100,7 @@ class Engine:
         self.inferred = 0
         self.failed = 0
         self.problem: Optional[str] = None  # set while the worker is being replaced
+        self.last_failure: str = ""  # the reason of the latest restart
         self.info: dict = {}
 
     # -- the caller's side -------------------------------------------------------
@@ -229,6 +230,7 @@ class Engine:
         """Kill, fail its jobs, wait out the restart budget, spawn again (until stopped)."""
         log.warning("inference worker failed: %s; restarting", reason)
         self.problem = f"inference worker restarting: {reason}"
+        self.last_failure = self.problem  # kept after recovery so a brief outage is still reported
         self._last_done = 0.0
         with self._lock:
             worker, self._worker = self._worker, None

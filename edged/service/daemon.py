@@ -105,6 +105,7 @@ class Daemon:
         self._feeder_done = threading.Event()
         self._lead: Deque[float] = deque(maxlen=50)
         self._status: Optional[Tuple[str, Optional[str]]] = None
+        self._restarts_reported = 0
         self._started = time.monotonic()
         self._wake_r, self._wake_w = os.pipe()
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
@@ -280,6 +281,9 @@ class Daemon:
             problems.append(f"camera offline: {reason}")
         if self.engine.problem:
             problems.append(self.engine.problem)
+        elif self.engine.restarts > self._restarts_reported:
+            problems.append(self.engine.last_failure)  # recovered within one tick: still say so
+        self._restarts_reported = self.engine.restarts
         if problems:
             wanted: Optional[Tuple[str, Optional[str]]] = ("degraded", "; ".join(problems))
         else:
