@@ -21,7 +21,6 @@ import logging
 import os
 import select
 import signal
-import statistics
 import threading
 import time
 import uuid
@@ -217,7 +216,7 @@ class Daemon:
 
     def _next_frame(self) -> Optional[Frame]:
         """The newest frame, taken just before the worker needs it (freshest input)."""
-        lead = (statistics.median(self._lead) if self._lead else 0.0) + LEAD_MARGIN_S
+        lead = _p90(self._lead) + LEAD_MARGIN_S  # p90, not median: a late input idles the worker
         delay = self.engine.expected_idle_at() - lead - time.monotonic()
         if delay > 0:
             self._stop.wait(delay)
@@ -337,3 +336,7 @@ class Daemon:
             self.link.publish_telemetry(self.telemetry(window_s))
         except Exception:  # telemetry must never take the daemon down
             log.exception("telemetry failed")
+
+
+def _p90(values: Deque[float]) -> float:
+    return sorted(values)[int(len(values) * 0.9)] if values else 0.0
