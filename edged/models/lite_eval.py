@@ -31,7 +31,7 @@ def run_lite(model: Path, inputs: np.ndarray, threads: int = 1,
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(src, np.ascontiguousarray(inputs, np.float32))
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))  # before import
         cmd = [sys.executable, "-m", "edged.models.lite_eval", str(model), str(src), str(dst),
                "--threads", str(threads), "--timing-runs", str(timing_runs)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -52,26 +52,17 @@ def _main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timing-runs", type=int, default=0)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    from paddlelite.lite import MobileConfig, create_paddle_predictor
+    from edged.engine.lite import LitePredictor, configure_threads
 
-    config = MobileConfig()
-    config.set_model_from_file(args.model)
-    if hasattr(config, "set_threads"):  # ARM builds only
-        config.set_threads(args.threads)
-    predictor = create_paddle_predictor(config)
+    configure_threads(args.threads)
+    predictor = LitePredictor(args.model, args.threads)
     inputs = np.load(args.inputs)
-    outputs = []
-    for row in inputs:
-        predictor.get_input(0).from_numpy(np.ascontiguousarray(row[None]))
-        predictor.run()
-        outputs.append(np.array(predictor.get_output(0).numpy(), copy=True).reshape(-1))
-    np.save(args.outputs, np.stack(outputs).astype(np.float32))
+    np.save(args.outputs, np.stack([predictor.run(row).reshape(-1) for row in inputs]))
     if args.timing_runs:
         times = []
         for _ in range(args.timing_runs):
             started = time.perf_counter()
-            predictor.run()
+            predictor.run(inputs[0])
             times.append((time.perf_counter() - started) * 1000)
         print(json.dumps({"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
                           "runs": args.timing_runs, "threads": args.threads}))
