@@ -15,7 +15,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from edged.engine.preprocess import Preprocessor
 from edged.errors import UserError
+from edged.models.package import Preprocess
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -62,29 +64,20 @@ def load(root: Path, size: int, classes: Optional[Sequence[str]] = None,
          progress: Optional[Callable[[int], None]] = None) -> ImageSet:
     """Decode, resize (short side) and centre-crop every image to size x size RGB."""
     items, names = scan(root, classes)
+    # The daemon's own resize and crop, so a model trains on what it will see in service.
+    crop = Preprocessor(Preprocess(height=size, width=size, resize_short=size, channel_order="BGR",
+                                   mean=IMAGENET_MEAN, std=IMAGENET_STD)).crop
     images = np.empty((len(items), size, size, 3), np.uint8)
     labels = np.empty(len(items), np.int64)
     for i, (path, label) in enumerate(items):
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise DatasetError(f"{path}: cannot be decoded as an image")
-        images[i] = cv2.cvtColor(resize_crop(bgr, size, size), cv2.COLOR_BGR2RGB)
+        images[i] = cv2.cvtColor(crop(bgr), cv2.COLOR_BGR2RGB)
         labels[i] = label
         if progress:
             progress(1)
     return ImageSet(images, labels, names)
-
-
-def resize_crop(img: np.ndarray, short_side: int, crop: int) -> np.ndarray:
-    """Resize so the short side is `short_side`, then take the centre `crop` square."""
-    h, w = img.shape[:2]
-    scale = short_side / min(h, w)
-    if (h, w) != (round(h * scale), round(w * scale)):
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        img = cv2.resize(img, (max(crop, round(w * scale)), max(crop, round(h * scale))), interpolation=interp)
-    h, w = img.shape[:2]
-    y, x = (h - crop) // 2, (w - crop) // 2
-    return img[y:y + crop, x:x + crop]
 
 
 def to_tensor(rgb_batch: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
