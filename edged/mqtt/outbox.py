@@ -1,0 +1,130 @@
+"""A bounded, disk-backed FIFO of messages awaiting the broker's PUBACK.
+
+SQLite from the standard library in WAL mode with `synchronous=FULL`: every
+committed append survives `kill -9` and power loss, a crash mid-write never
+corrupts the file, and readers (the publisher) do not block the writer. The
+result sequence number is allocated in the same transaction as the row, so it
+is monotonic per device across restarts and a gap means a dropped result,
+which is counted. Building block for durable delivery (issue #4); not yet wired
+into MqttLink.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List
+
+POLICIES = ("drop_oldest", "drop_newest")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('next_seq', 1), ('dropped', 0);
+"""
+
+
+class OutboxError(Exception):
+    """The outbox could not store a message (disk full, I/O error); nothing was half-written."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    seq: int
+    topic: str
+    payload: bytes
+
+
+class Outbox:
+    """Append with a fresh `seq`, read pending in order, delete once acknowledged."""
+
+    def __init__(self, path: Path, max_messages: int = 100_000, when_full: str = "drop_oldest"):
+        if when_full not in POLICIES:
+            raise ValueError(f"when_full must be one of {POLICIES}, got {when_full!r}")
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.max_messages = max_messages
+        self.when_full = when_full
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def append(self, topic: str, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """Store `payload` with the next `seq` (set in the returned copy); enforce the bound."""
+        with self._lock, self._transaction():
+            if self._count() >= self.max_messages:
+                self._add("dropped", 1)
+                if self.when_full == "drop_newest":
+                    return dict(payload, seq=None)
+                self._db.execute("DELETE FROM messages WHERE seq = (SELECT MIN(seq) FROM messages)")
+            seq = self._counter("next_seq")
+            stored = dict(payload, seq=seq)
+            self._db.execute("INSERT INTO messages VALUES (?, ?, ?)",
+                             (seq, topic, json.dumps(stored, separators=(",", ":")).encode()))
+            self._add("next_seq", 1)
+            return stored
+
+    def pending(self, limit: int = 100) -> List[Pending]:
+        """The oldest `limit` messages not yet acknowledged, in sequence order."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, topic, payload FROM messages ORDER BY seq LIMIT ?",
+                                    (limit,)).fetchall()
+        return [Pending(seq, topic, bytes(payload)) for seq, topic, payload in rows]
+
+    def ack(self, seq: int) -> None:
+        """The broker acknowledged `seq`: forget it."""
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+
+    def stats(self) -> Dict[str, int]:
+        with self._lock:
+            return {"queued": self._count(), "dropped": self._counter("dropped"),
+                    "next_seq": self._counter("next_seq")}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ internals
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def _count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+    def _counter(self, name: str) -> int:
+        return self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
+
+    def _add(self, name: str, delta: int) -> None:
+        self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (delta, name))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK and OutboxError on a storage failure."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if kind is None:
+            try:
+                self._db.execute("COMMIT")
+                return False
+            except sqlite3.Error as error:
+                exc = error
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back (e.g. after SQLITE_FULL)
+        if isinstance(exc, sqlite3.Error):
+            raise OutboxError(f"outbox write failed: {exc}") from exc
+        return False
