@@ -95,7 +95,7 @@ def run_static(model_dir: Path, inputs: np.ndarray, batch: int = 32) -> np.ndarr
     return np.concatenate(outs)
 
 
-def convert(model_dir: Path, target: str, out: Path, quantized: bool = False) -> Path:
+def convert(model_dir: Path, target: str, out: Path) -> Path:
     """`paddle_lite_opt` to a naive-buffer `.nb` for `target` (arm or x86)."""
     opt = Path(sys.executable).with_name("paddle_lite_opt")
     cmd = [str(opt) if opt.exists() else "paddle_lite_opt", f"--model_file={model_dir / MODEL_FILE}",

@@ -9,7 +9,7 @@ anywhere. Counting follows pycls: multiply-adds of convolutions and linear layer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from edged.errors import UserError
@@ -192,6 +192,3 @@ def resolve(name: Optional[str] = None, budget_mflops: Optional[float] = None,
         return best_under_budget(budget_mflops, family)[0]
     raise ArchError("give an architecture name or a FLOP budget")
 
-
-def with_name(params: RegNetParams, name: str) -> RegNetParams:
-    return replace(params, name=name)
