@@ -176,6 +176,14 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True)
+class OutboxConfig:
+    max_messages: int = _key(100000, "results kept on disk while the broker is unreachable")
+    when_full: str = _key("drop_oldest", "at the bound: drop_oldest | drop_newest (drops are counted)")
+    drain_rate: float = _key(0.0, "at most this many results per second (a backlog drains at this rate); 0 = no limit")
+    drain_timeout_s: float = _key(5.0, "on shutdown, wait this long for the broker to acknowledge the backlog")
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -184,6 +192,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
 
     @property
     def device_id(self) -> str:

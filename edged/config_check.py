@@ -207,7 +207,15 @@ def _check_telemetry(cfg: Config) -> None:
     _at_least("telemetry.interval_s", cfg.telemetry.interval_s, 0, inclusive=False)
 
 
+def _check_outbox(cfg: Config) -> None:
+    box = cfg.outbox
+    _at_least("outbox.max_messages", box.max_messages, 1)
+    _one_of("outbox.when_full", box.when_full, ("drop_oldest", "drop_newest"))
+    _at_least("outbox.drain_rate", box.drain_rate, 0)
+    _at_least("outbox.drain_timeout_s", box.drain_timeout_s, 0)
+
+
 CHECKS: List[Callable[[Config], None]] = [
     _check_device, _check_source, _check_model, _check_engine, _check_publish,
-    _check_mqtt, _check_telemetry,
+    _check_mqtt, _check_telemetry, _check_outbox,
 ]
