@@ -18,12 +18,12 @@ TOPIC = "edged/cam/result"
 def test_messages_come_back_in_order_and_leave_when_acknowledged(tmp_path):
     box = Outbox(tmp_path / "outbox.db")
     stored = [box.append(TOPIC, {"n": i}) for i in range(5)]
-    assert [m["seq"] for m in stored] == [1, 2, 3, 4, 5]
+    assert [m["seq"] for m in stored] == [0, 1, 2, 3, 4]
     assert [json.loads(p.payload)["n"] for p in box.pending()] == [0, 1, 2, 3, 4]
-    box.ack(1)
-    box.ack(3)
-    assert [p.seq for p in box.pending()] == [2, 4, 5]
-    assert box.stats() == {"queued": 3, "dropped": 0, "next_seq": 6}
+    box.ack(0)
+    box.ack(2)
+    assert [p.seq for p in box.pending()] == [1, 3, 4]
+    assert box.stats() == {"queued": 3, "dropped": 0, "next_seq": 5}
 
 
 def test_sequence_numbers_continue_after_reopening(tmp_path):
@@ -32,23 +32,23 @@ def test_sequence_numbers_continue_after_reopening(tmp_path):
     box.ack(box.append(TOPIC, {})["seq"])
     box.close()
     again = Outbox(tmp_path / "outbox.db")
-    assert again.append(TOPIC, {})["seq"] == 3
-    assert [p.seq for p in again.pending()] == [1, 3]
+    assert again.append(TOPIC, {})["seq"] == 2
+    assert [p.seq for p in again.pending()] == [0, 2]
 
 
 def test_full_outbox_drops_oldest_and_counts_it(tmp_path):
     box = Outbox(tmp_path / "outbox.db", max_messages=3, when_full="drop_oldest")
     for i in range(5):
         box.append(TOPIC, {"n": i})
-    assert [p.seq for p in box.pending()] == [3, 4, 5]
+    assert [p.seq for p in box.pending()] == [2, 3, 4]
     assert box.stats()["dropped"] == 2
 
 
 def test_full_outbox_drops_newest_and_counts_it(tmp_path):
     box = Outbox(tmp_path / "outbox.db", max_messages=3, when_full="drop_newest")
     results = [box.append(TOPIC, {"n": i}) for i in range(5)]
-    assert [r["seq"] for r in results] == [1, 2, 3, None, None]
-    assert [p.seq for p in box.pending()] == [1, 2, 3]
+    assert [r["seq"] for r in results] == [0, 1, 2, None, None]
+    assert [p.seq for p in box.pending()] == [0, 1, 2]
     assert box.stats()["dropped"] == 2
 
 
@@ -82,5 +82,5 @@ def test_kill_9_mid_write_loses_no_committed_message_and_never_corrupts(tmp_path
     box = Outbox(db)
     seqs = [p.seq for p in box.pending(limit=1_000_000)]
     assert seqs[:len(committed)] == committed  # every append that returned is on disk, in order
-    assert seqs == list(range(1, len(seqs) + 1))  # and nothing beyond it is half-written
-    assert box.append("t", {})["seq"] == len(seqs) + 1
+    assert seqs == list(range(len(seqs)))  # and nothing beyond it is half-written
+    assert box.append("t", {})["seq"] == len(seqs)

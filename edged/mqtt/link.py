@@ -246,9 +246,16 @@ class MqttLink:
         props.ContentType = "application/json"
         return props
 
+    def publish_bytes(self, topic: str, data: bytes, qos: int) -> Optional[paho.MQTTMessageInfo]:
+        """Publish an already serialised payload; the returned info's `is_published()`
+        turns true on PUBACK (None when paho's offline queue is full)."""
+        return self._send(topic, data, qos)
+
     def _publish(self, topic: str, payload: Dict[str, Any], qos: int,
                  retain: bool = False) -> Optional[paho.MQTTMessageInfo]:
-        data = json.dumps(payload, separators=(",", ":"))
+        return self._send(topic, json.dumps(payload, separators=(",", ":")), qos, retain)
+
+    def _send(self, topic: str, data: Any, qos: int, retain: bool = False) -> Optional[paho.MQTTMessageInfo]:
         info = self._client.publish(topic, data, qos=qos, retain=retain,
                                     properties=self._properties())
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:

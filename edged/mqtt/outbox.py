@@ -23,7 +23,7 @@ POLICIES = ("drop_oldest", "drop_newest")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('next_seq', 1), ('dropped', 0);
+INSERT OR IGNORE INTO counters VALUES ('next_seq', 0), ('dropped', 0);
 """
 
 
