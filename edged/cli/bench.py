@@ -49,12 +49,15 @@ def bench(args: argparse.Namespace) -> int:
     try:
         flags = argparse.Namespace(config=args.config, source=SOURCE, model=args.model,
                                    device="bench", broker=broker.url if broker else None)
-        extra = {"engine_threads": args.threads, "telemetry_interval_s": 3600.0}
+        state = tempfile.TemporaryDirectory(prefix="edged-bench-")  # a fresh, empty outbox
+        extra = {"engine_threads": args.threads, "telemetry_interval_s": 3600.0,
+                 "device_state_dir": state.name}
         cfg = load(flags, extra)
         report = measure(cfg, args.seconds, with_broker=broker is not None)
     finally:
         if broker:
             broker.stop()
+        state.cleanup()
     print(format_table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

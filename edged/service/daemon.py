@@ -39,6 +39,8 @@ from edged.engine.supervisor import Engine, EngineSettings, Result, Slot
 from edged.engine.worker import WorkerError
 from edged.errors import UserError
 from edged.models.package import load_package
+from edged.mqtt.delivery import DurableResults
+from edged.mqtt.outbox import Outbox
 from edged.service.publish_policy import PublishPolicy
 from edged.service.stats import PipelineStats
 from edged.service.telemetry import system_snapshot
@@ -93,12 +95,15 @@ class Daemon:
         if link_factory is None:
             from edged.mqtt.link import MqttLink as link_factory  # the only paho user
         self.link = link_factory(cfg.mqtt, self.device_id, self.boot_id)
+        box = cfg.outbox
+        self.results = DurableResults(
+            self.link, Outbox(cfg.device.resolved_state_dir() / "outbox.sqlite", box.max_messages, box.when_full),
+            cfg.mqtt.qos, drain_rate=box.drain_rate)
         eng = cfg.engine
         settings = EngineSettings(eng.threads, eng.power_mode, eng.hang_factor, eng.hang_min_s,
                                   eng.max_restarts_per_minute)
         self.engine = Engine(str(self.package.path_of(self.model_file)), self.preprocess.shape,
                              settings, self._on_result)
-        self.seq = 0
         self.submitted = 0
         self._stop = threading.Event()
         self._feeder_done = threading.Event()
@@ -114,6 +119,7 @@ class Daemon:
         """Start everything, serve until a signal or the end of the source, stop cleanly."""
         previous = self._install_signals()
         self.link.start()
+        self.results.start()
         try:
             self._start_engine()
             self.capture.start()
@@ -162,9 +168,14 @@ class Daemon:
         if not self.engine.drain(budget):
             log.warning("frames still in flight after %.1f s; dropping them", budget)
         self.engine.stop()
+        left = self.results.drain(self.cfg.outbox.drain_timeout_s)
+        if left:
+            log.warning("%d result(s) not yet acknowledged stay in the outbox for the next start", left)
+        self.results.stop()
         self.link.stop(timeout=5.0)  # publishes status offline, waits for acks
-        log.info("stopped: %d frames inferred, %d results published", self.stats.counts["inferred"],
-                 self.seq)
+        self.results.outbox.close()
+        log.info("stopped: %d frames inferred, %d results stored", self.stats.counts["inferred"],
+                 self.stats.counts["published"])
 
     # ----------------------------------------------------------------- signals
     def _install_signals(self) -> Dict[int, Any]:
@@ -261,13 +272,13 @@ class Daemon:
         if not publish:
             self.stats.count("skipped")
             return
-        self.link.publish_result(self._result_payload(tag, top, latency))
-        self.seq += 1
+        if self.results.submit(self._result_payload(tag, top, latency)) is None:
+            return  # outbox full (drop_newest) or not writable: counted in telemetry "outbox"
         self.stats.count("published")
 
     def _result_payload(self, tag: FrameTag, top: list, latency: Dict[str, float]) -> Dict[str, Any]:
         return {"schema": RESULT_SCHEMA, "device": self.device_id, "boot_id": self.boot_id,
-                "seq": self.seq, "frame": tag.seq, "captured_at": round(tag.captured_at, 6),
+                "frame": tag.seq, "captured_at": round(tag.captured_at, 6),
                 "published_at": round(time.time(), 6), "top": top,
                 "model": {"name": self.package.name, "version": self.package.version},
                 "latency_ms": {k: round(v, 3) for k, v in latency.items()}}
@@ -320,6 +331,7 @@ class Daemon:
                               "worker_pid": self.engine.worker_pid},
                    "mqtt": {"connected": bool(getattr(self.link, "connected", False)),
                             "reconnects": int(getattr(self.link, "reconnects", 0))},
+                   "outbox": self.results.stats(),
                    "source": {"uri": self.source_uri, "online": self.capture.state()[0],
                               "reopens": self.capture.reopens}}
         payload.update(system_snapshot(self.pids()))
