@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,10 +30,9 @@ def run_lite(model: Path, inputs: np.ndarray, threads: int = 1,
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(src, np.ascontiguousarray(inputs, np.float32))
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))  # before import
         cmd = [sys.executable, "-m", "edged.models.lite_eval", str(model), str(src), str(dst),
                "--threads", str(threads), "--timing-runs", str(timing_runs)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)  # the child sets its thread env
         if done.returncode != 0:
             raise RuntimeError(f"Paddle Lite failed on {model}: {done.stderr.strip()[-800:]}")
         stats = None

@@ -6,7 +6,8 @@ Threads, each with one job, in the order a frame meets them:
     feeder     takes a free input slot, waits until the worker is about to need it,
                takes the newest frame, preprocesses it into shared memory, submits
     engine     (the supervisor's collector) receives outputs in order and calls
-               `_on_result`: top-k, publish policy, MqttLink.publish_result
+               `_on_result`: top-k, publish policy, store in the outbox
+    delivery   (DurableResults) publishes the outbox in order, deletes on PUBACK
     main       signals, status, telemetry; nothing on the frame path
 
 Signal handlers do nothing: Python writes the signal number to a wake-up pipe that
