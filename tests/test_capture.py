@@ -234,6 +234,55 @@ def test_capture_thread_reopens_a_removed_file_when_it_returns(tmp_path):
         capture.stop()
 
 
+def _folder_with_corrupt_images(folder: Path, good: int, corrupt_at: set) -> Path:
+    folder.mkdir()
+    for i in range(good + len(corrupt_at)):
+        if i in corrupt_at:
+            (folder / f"{i:03d}.jpg").write_bytes(b"\xff\xd8 not really a jpeg" if i % 2 else b"")
+        else:
+            cv2.imwrite(str(folder / f"{i:03d}.jpg"), np.full((8, 8, 3), 10 * i, np.uint8))
+    return folder
+
+
+def _drain(capture: CaptureThread) -> list:
+    got = []
+    while (frame := capture.mailbox.get(timeout=5)) is not None:
+        got.append(frame)
+    return got
+
+
+def test_corrupt_frames_are_skipped_and_counted_without_reopening(tmp_path):
+    folder = _folder_with_corrupt_images(tmp_path / "imgs", good=8, corrupt_at={2, 5, 6})
+    capture = CaptureThread(open_source(f"file:{folder}?loop=0&rate=max"), Mailbox(), stall_timeout_s=5,
+                            backoff_initial_s=0.01, backoff_max_s=0.05)
+    capture.start()
+    try:
+        frames = _drain(capture)
+        assert [int(f.image[0, 0, 0]) for f in frames] == [0, 10, 30, 40, 70, 80, 90, 100]
+        assert capture.corrupt == 3 and capture.reopens == 0 and capture.state() == (True, None)
+    finally:
+        capture.stop()
+
+
+def test_a_long_run_of_corrupt_frames_is_reported_until_a_good_frame_arrives(tmp_path):
+    folder = _folder_with_corrupt_images(tmp_path / "imgs", good=2, corrupt_at=set(range(1, 31)))
+    # backoff 0.3 s after each corrupt frame past the 25th: the offline window lasts ~1.5 s
+    capture = CaptureThread(open_source(f"file:{folder}?loop=0&rate=max"), Mailbox(), stall_timeout_s=5,
+                            backoff_initial_s=0.3, backoff_max_s=0.3)
+    frames: list = []
+    consumer = threading.Thread(target=lambda: frames.extend(_drain(capture)))
+    capture.start()
+    consumer.start()
+    try:
+        assert capture.wait_for_state(online=False, timeout=10)
+        assert "corrupt frames in a row" in capture.state()[1]
+        consumer.join(10)
+        assert len(frames) == 2 and capture.corrupt == 30 and capture.reopens == 0
+        assert capture.state() == (True, None)  # the good frame after the run cleared it
+    finally:
+        capture.stop()
+
+
 def test_capture_thread_reports_a_stalled_read():
     class Stalling:
         live, uri = True, "fake:stall"

@@ -41,6 +41,10 @@ class SourceError(Exception):
     """The source failed to open or read; the capture thread reopens it later."""
 
 
+class CorruptFrame(SourceError):
+    """One frame could not be decoded; the next may be fine, so nothing is reopened."""
+
+
 class EndOfStream(Exception):
     """A non-looping file ran out of frames."""
 
@@ -191,9 +195,11 @@ class FileSource(Source):
             return image if ok else None
         if self._pos >= len(self._images):
             return None
-        image = cv2.imread(str(self._images[self._pos]), cv2.IMREAD_COLOR)
+        path = self._images[self._pos]
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            raise SourceError(f"{self._images[self._pos]}: not a readable image")
+            self._pos += 1  # skip it: the next read takes the following image
+            raise CorruptFrame(f"{path}: not a readable image")
         return image
 
     def close(self) -> None:
@@ -245,6 +251,8 @@ class SyntheticSource(Source):
         if not self.mjpg:
             return RawFrame(image=item, t_capture=t_capture)
         image = cv2.imdecode(item, cv2.IMREAD_COLOR)
+        if image is None:
+            raise CorruptFrame(f"{self.uri}: frame {self._i - 1} is not a decodable JPEG")
         return RawFrame(image=image, t_capture=t_capture,
                         decode_ms=(time.monotonic() - t_capture) * 1000.0)
 

@@ -14,9 +14,10 @@ import time
 from typing import Optional, Tuple
 
 from edged.capture.frame import Frame, Mailbox, MailboxClosed
-from edged.capture.sources import EndOfStream, Source, SourceError
+from edged.capture.sources import CorruptFrame, EndOfStream, Source, SourceError
 
 log = logging.getLogger(__name__)
+MAX_CORRUPT_IN_ROW = 25  # this many undecodable frames in a row: report the camera as failing
 
 
 class CaptureThread:
@@ -30,7 +31,9 @@ class CaptureThread:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.captured = 0
+        self.corrupt = 0  # frames that could not be decoded and were skipped
         self.reopens = 0
+        self._corrupt_in_row = 0
         self.ended = threading.Event()  # a non-looping file ran out, or stop() was called
         self.last_decode_ms = 0.0
         self._stop = threading.Event()
@@ -83,6 +86,8 @@ class CaptureThread:
                 break
             except MailboxClosed:
                 break
+            except CorruptFrame as exc:
+                self._skip_corrupt(str(exc), backoff)
             except (SourceError, OSError) as exc:
                 opened = self._failed(str(exc), backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
@@ -97,6 +102,7 @@ class CaptureThread:
         self._reading_since = time.monotonic()
         raw = self.source.read(self._stop)
         self._reading_since = None
+        self._corrupt_in_row = 0
         if self._error is not None:
             log.info("source %s is delivering frames again", self.source.uri)
             self._set_error(None)
@@ -106,6 +112,17 @@ class CaptureThread:
         self.captured += 1
         self.last_decode_ms = raw.decode_ms
         self.mailbox.put(frame, block=not self.source.live)
+
+    def _skip_corrupt(self, reason: str, backoff: float) -> None:
+        """Count and skip an undecodable frame; a long run of them is a failed source."""
+        self._reading_since = None
+        self.corrupt += 1
+        self._corrupt_in_row += 1
+        if self.corrupt <= 10 or self.corrupt % 1000 == 0:
+            log.warning("skipped corrupt frame (%d so far): %s", self.corrupt, reason)
+        if self._corrupt_in_row >= MAX_CORRUPT_IN_ROW:
+            self._set_error(f"{self._corrupt_in_row} corrupt frames in a row: {reason}")
+            self._stop.wait(backoff)  # keep reading (no reopen): a good frame clears the error
 
     def _failed(self, reason: str, backoff: float) -> bool:
         """Record the failure, close the source and wait `backoff` before reopening."""

@@ -1,11 +1,23 @@
-"""Durable result delivery: outbox on disk -> QoS 1 publish -> delete on PUBACK.
+"""Durable result delivery: memory -> outbox on disk -> QoS 1 publish -> delete on PUBACK.
 
-`submit()` stores a result (allocating its persistent `seq`) and returns at once;
-a sender thread publishes the oldest unacknowledged results in order while the
-link is connected, at most `max_inflight` at a time and, for a backlog, at most
-`drain_rate` per second, and deletes each one when the broker acknowledges it.
-Results in flight when the daemon dies are sent again after the restart:
-at-least-once on the wire, deduplicable by `seq`.
+`submit()` only appends to a short in-memory queue and returns: the engine's
+collector thread never waits for the disk. Two threads do the rest:
+
+    writer    commits everything queued in one transaction (group commit: one
+              fsync for a batch), which also gives each result its `seq`. When the
+              disk is full or failing the results stay in memory (bounded by
+              `max_held`, with the outbox's drop policy) and the write is retried
+              every `RETRY_S`; `problem` says so, for status and telemetry.
+    sender    publishes stored results with QoS 1 in `seq` order while the link is
+              connected, at most `max_inflight` at a time, and deletes them when the
+              broker acknowledges them (also in batches).
+
+With `drain_rate` > 0 a backlog (results stored before the link last connected)
+goes out at most `drain_rate` per second while new results go out at once, so a
+long outage does not flood the broker and live results do not wait behind it;
+consumers then see two ascending runs of `seq`. With `drain_rate` = 0 delivery is
+strictly in `seq` order. Results in flight when the daemon dies are sent again after
+the restart: at-least-once on the wire, deduplicable by `seq`.
 """
 
 from __future__ import annotations
@@ -13,80 +25,178 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, Optional
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from edged.mqtt.link import MqttLink
-from edged.mqtt.outbox import Outbox, OutboxError
+from edged.mqtt.outbox import Outbox, OutboxError, Pending
 
 log = logging.getLogger(__name__)
 TICK_S = 0.05  # how often acknowledgements are collected while messages are in flight
+RETRY_S = 1.0  # how often a failed disk write is retried
+WRITE_BATCH = 500
+MAX_HELD = 10_000  # results kept in memory while the outbox cannot be written (~5 min at 30 fps)
 
 
 class DurableResults:
     def __init__(self, link: MqttLink, outbox: Outbox, qos: int = 1, max_inflight: int = 20,
-                 drain_rate: float = 0.0):
+                 drain_rate: float = 0.0, max_held: int = MAX_HELD):
         self.link, self.outbox, self.qos = link, outbox, max(1, qos)
-        self.max_inflight, self.drain_rate = max_inflight, drain_rate
-        self.store_failures = 0
+        self.max_inflight, self.drain_rate, self.max_held = max_inflight, drain_rate, max_held
+        self.write_failures = 0
+        self.problem: Optional[str] = None  # why results cannot be stored, while that lasts
+        self._held: Deque[Tuple[str, Dict[str, Any]]] = deque()
+        self._held_dropped = 0  # dropped while the outbox was not writable; saved with the next write
+        self._held_lock = threading.Lock()
         self._inflight: Dict[int, Any] = {}  # seq -> paho MQTTMessageInfo
+        self._live_from = 0  # with a drain rate: seqs below this are the paced backlog
+        self._tokens = 0.0
+        self._token_time = time.monotonic()
+        self._was_connected = False
+        self._written = threading.Event()
+        self._queued = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="delivery", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self._writer.start()
+        self._sender.start()
 
-    def submit(self, payload: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        """Store a result and wake the sender; returns it with its `seq`, or None if not stored."""
-        try:
-            stored = self.outbox.append(self.link.topics.result, payload)
-        except OutboxError as exc:
-            self.store_failures += 1
-            log.error("result not stored: %s", exc)
-            return None
-        self._wake.set()
-        return stored if stored.get("seq") is not None else None
+    def submit(self, payload: Dict[str, Any]) -> bool:
+        """Queue a result for the outbox; False if the bound turned it away (counted)."""
+        with self._held_lock:
+            self._held.append((self.link.topics.result, payload))
+            kept = self._enforce_held_bound()
+        self._queued.set()
+        return kept
 
     def drain(self, timeout: float) -> int:
-        """Wait up to `timeout` for every stored result to be acknowledged; returns what is left."""
+        """Wait up to `timeout` until every result is stored and acknowledged; returns what is left."""
         deadline = time.monotonic() + timeout
-        while self.outbox.stats()["queued"] and time.monotonic() < deadline:
+        while self._left() and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(TICK_S)
-        return self.outbox.stats()["queued"]
+        return self._left()
 
     def stop(self) -> None:
+        """Stop both threads after a last write of what is held (if the disk takes it)."""
         self._stop.set()
+        self._queued.set()
         self._wake.set()
-        self._thread.join(5.0)
+        self._writer.join(10.0)
+        self._sender.join(5.0)
+        if self._held:
+            log.error("%d result(s) could not be stored before exit and are lost: %s",
+                      len(self._held), self.problem)
 
-    def stats(self) -> Dict[str, int]:
-        return dict(self.outbox.stats(), inflight=len(self._inflight), store_failures=self.store_failures)
+    def stats(self) -> Dict[str, Any]:
+        """Telemetry `outbox`: on disk, in memory, in flight, dropped, and whether writes work."""
+        disk = self.outbox.stats()
+        return dict(disk, dropped=disk["dropped"] + self._held_dropped, held=len(self._held),
+                    inflight=len(self._inflight), write_failures=self.write_failures,
+                    writable=self.problem is None)
+
+    def _left(self) -> int:
+        return len(self._held) + self.outbox.stats()["queued"]
+
+    # ------------------------------------------------------------------ the writer
+    def _write_loop(self) -> None:
+        while True:
+            self._queued.wait(RETRY_S)
+            self._queued.clear()
+            if self._held:
+                self._write_held()
+            if self._stop.is_set() and (not self._held or self.problem):
+                return
+            if self.problem:
+                self._stop.wait(RETRY_S)
+
+    def _write_held(self) -> None:
+        while self._held:
+            with self._held_lock:
+                batch = [self._held.popleft() for _ in range(min(WRITE_BATCH, len(self._held)))]
+                dropped, self._held_dropped = self._held_dropped, 0
+            try:
+                self.outbox.append_many(batch, dropped_elsewhere=dropped)
+            except OutboxError as exc:
+                with self._held_lock:
+                    self._held.extendleft(reversed(batch))
+                    self._held_dropped += dropped
+                    self._enforce_held_bound()
+                self.write_failures += 1
+                if self.problem is None:
+                    log.error("%s; results are held in memory (at most %d) until it can be written",
+                              exc, self.max_held)
+                self.problem = f"outbox not writable ({_cause(exc)}); results held in memory"
+                return
+            if self.problem is not None:
+                log.info("outbox writable again")
+                self.problem = None
+            self._wake.set()
+
+    def _enforce_held_bound(self) -> bool:
+        """Apply the drop policy to the memory queue (caller holds the lock); False if the newest went."""
+        kept = True
+        while len(self._held) > self.max_held:
+            if self.outbox.when_full == "drop_newest":
+                self._held.pop()
+                kept = False
+            else:
+                self._held.popleft()
+            self._held_dropped += 1
+        return kept
 
     # ------------------------------------------------------------------ the sender
-    def _run(self) -> None:
+    def _send_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(TICK_S if self._inflight else 1.0)
+            self._wake.wait(TICK_S if self._inflight or self.drain_rate else 1.0)
             self._wake.clear()
             try:
                 self._collect_acks()
-                if self.link.connected:
-                    self._send_next()
+                connected = self.link.connected
+                if connected and not self._was_connected:
+                    self._live_from = self.outbox.stats()["next_seq"]  # older ones are backlog
+                self._was_connected = connected
+                if connected:
+                    self._send()
             except OutboxError as exc:
-                log.error("outbox: %s", exc)
+                log.error("outbox: %s", exc)  # acknowledgements are retried on the next tick
 
     def _collect_acks(self) -> None:
-        for seq, info in list(self._inflight.items()):
-            if info.is_published():
-                self.outbox.ack(seq)
+        acked = [seq for seq, info in self._inflight.items() if info.is_published()]
+        if acked:
+            self.outbox.ack_many(acked)
+            for seq in acked:
                 del self._inflight[seq]
 
-    def _send_next(self) -> None:
+    def _send(self) -> None:
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        for item in self.outbox.pending(limit=self.max_inflight + len(self._inflight)):
-            if room <= 0 or self._stop.is_set():
+        if self.drain_rate <= 0:
+            self._publish(self.outbox.pending(self.max_inflight + len(self._inflight)), room)
+            return
+        room -= self._publish(self.outbox.pending(self.max_inflight + len(self._inflight),
+                                                  from_seq=self._live_from), room)
+        allowed = min(room, int(self._refill_tokens()))
+        if allowed > 0:
+            sent = self._publish(self.outbox.pending(self.max_inflight + len(self._inflight),
+                                                     below_seq=self._live_from), allowed)
+            self._tokens -= sent
+
+    def _refill_tokens(self) -> float:
+        now = time.monotonic()
+        self._tokens = min(max(1.0, self.drain_rate), self._tokens + (now - self._token_time) * self.drain_rate)
+        self._token_time = now
+        return self._tokens
+
+    def _publish(self, candidates: List[Pending], budget: int) -> int:
+        """Publish up to `budget` of `candidates` not already in flight; returns how many."""
+        sent = 0
+        for item in candidates:
+            if sent >= budget or self._stop.is_set():
                 break
             if item.seq in self._inflight:
                 continue  # paho re-sends its own unacknowledged messages after a reconnect
@@ -94,6 +204,9 @@ class DurableResults:
             if info is None:
                 break
             self._inflight[item.seq] = info
-            room -= 1
-            if self.drain_rate > 0:
-                self._stop.wait(1.0 / self.drain_rate)
+            sent += 1
+        return sent
+
+
+def _cause(exc: BaseException) -> str:
+    return str(exc.__cause__ or exc)

@@ -5,8 +5,8 @@ committed append survives `kill -9` and power loss, a crash mid-write never
 corrupts the file, and readers (the publisher) do not block the writer. The
 result sequence number is allocated in the same transaction as the row, so it
 is monotonic per device across restarts and a gap means a dropped result,
-which is counted. Building block for durable delivery (issue #4); not yet wired
-into MqttLink.
+which is counted. Appends and acknowledgements come in batches so that one fsync
+covers many results (group commit, see `edged.mqtt.delivery`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 POLICIES = ("drop_oldest", "drop_newest")
 
@@ -56,31 +56,53 @@ class Outbox:
         self._db.executescript(_SCHEMA)
 
     def append(self, topic: str, payload: Dict[str, Any]) -> Dict[str, Any]:
-        """Store `payload` with the next `seq` (set in the returned copy); enforce the bound."""
-        with self._lock, self._transaction():
-            if self._count() >= self.max_messages:
-                self._add("dropped", 1)
-                if self.when_full == "drop_newest":
-                    return dict(payload, seq=None)
-                self._db.execute("DELETE FROM messages WHERE seq = (SELECT MIN(seq) FROM messages)")
-            seq = self._counter("next_seq")
-            stored = dict(payload, seq=seq)
-            self._db.execute("INSERT INTO messages VALUES (?, ?, ?)",
-                             (seq, topic, json.dumps(stored, separators=(",", ":")).encode()))
-            self._add("next_seq", 1)
-            return stored
+        """Store `payload` with the next `seq` (set in the returned copy; None if dropped)."""
+        seq = self.append_many([(topic, payload)])[0]
+        return dict(payload, seq=seq)
 
-    def pending(self, limit: int = 100) -> List[Pending]:
-        """The oldest `limit` messages not yet acknowledged, in sequence order."""
+    def append_many(self, items: Sequence[Tuple[str, Dict[str, Any]]], dropped_elsewhere: int = 0) -> List[Optional[int]]:
+        """Store the messages in one transaction, each with the next `seq`; enforce the bound.
+
+        Returns each message's seq, or None where `drop_newest` turned it away.
+        `dropped_elsewhere` adds drops counted outside the file (while it was not
+        writable) to the persistent counter in the same transaction.
+        """
+        with self._lock, self._transaction():
+            count, seq = self._count(), self._counter("next_seq")
+            room = self.max_messages - count
+            seqs: List[Optional[int]] = []
+            for topic, payload in items:
+                if self.when_full == "drop_newest" and room <= 0:
+                    seqs.append(None)
+                    continue
+                data = json.dumps(dict(payload, seq=seq), separators=(",", ":")).encode()
+                self._db.execute("INSERT INTO messages VALUES (?, ?, ?)", (seq, topic, data))
+                seqs.append(seq)
+                seq, room = seq + 1, room - 1
+            excess = max(0, -room)  # drop_oldest: the oldest rows beyond the bound go
+            if excess:
+                self._db.execute("DELETE FROM messages WHERE seq IN "
+                                 "(SELECT seq FROM messages ORDER BY seq LIMIT ?)", (excess,))
+            self._db.execute("UPDATE counters SET value = ? WHERE name = 'next_seq'", (seq,))
+            self._add("dropped", excess + seqs.count(None) + dropped_elsewhere)
+            return seqs
+
+    def pending(self, limit: int = 100, from_seq: int = 0, below_seq: Optional[int] = None) -> List[Pending]:
+        """The oldest `limit` unacknowledged messages with from_seq <= seq < below_seq, in order."""
+        upper = below_seq if below_seq is not None else 2 ** 62
         with self._lock:
-            rows = self._db.execute("SELECT seq, topic, payload FROM messages ORDER BY seq LIMIT ?",
-                                    (limit,)).fetchall()
+            rows = self._db.execute("SELECT seq, topic, payload FROM messages WHERE seq >= ? AND seq < ? "
+                                    "ORDER BY seq LIMIT ?", (from_seq, upper, limit)).fetchall()
         return [Pending(seq, topic, bytes(payload)) for seq, topic, payload in rows]
 
     def ack(self, seq: int) -> None:
         """The broker acknowledged `seq`: forget it."""
+        self.ack_many([seq])
+
+    def ack_many(self, seqs: Iterable[int]) -> None:
+        """The broker acknowledged these: forget them in one transaction."""
         with self._lock, self._transaction():
-            self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+            self._db.executemany("DELETE FROM messages WHERE seq = ?", [(s,) for s in seqs])
 
     def stats(self) -> Dict[str, int]:
         with self._lock:

@@ -6,8 +6,9 @@ Threads, each with one job, in the order a frame meets them:
     feeder     takes a free input slot, waits until the worker is about to need it,
                takes the newest frame, preprocesses it into shared memory, submits
     engine     (the supervisor's collector) receives outputs in order and calls
-               `_on_result`: top-k, publish policy, store in the outbox
-    delivery   (DurableResults) publishes the outbox in order, deletes on PUBACK
+               `_on_result`: top-k, publish policy, hand to DurableResults
+    outbox-writer  commits results to the disk outbox in batches (one fsync each)
+    delivery   publishes the outbox in order with QoS 1, deletes on PUBACK
     main       signals, status, telemetry; nothing on the frame path
 
 Signal handlers do nothing: Python writes the signal number to a wake-up pipe that
@@ -273,8 +274,8 @@ class Daemon:
         if not publish:
             self.stats.count("skipped")
             return
-        if self.results.submit(self._result_payload(tag, top, latency)) is None:
-            return  # outbox full (drop_newest) or not writable: counted in telemetry "outbox"
+        if not self.results.submit(self._result_payload(tag, top, latency)):
+            return  # turned away at the bound (drop_newest): counted in telemetry "outbox"
         self.stats.count("published")
 
     def _result_payload(self, tag: FrameTag, top: list, latency: Dict[str, float]) -> Dict[str, Any]:
@@ -295,6 +296,8 @@ class Daemon:
         elif self.engine.restarts > self._restarts_reported:
             problems.append(self.engine.last_failure)  # recovered within one tick: still say so
         self._restarts_reported = self.engine.restarts
+        if self.results.problem:
+            problems.append(self.results.problem)
         if problems:
             wanted: Optional[Tuple[str, Optional[str]]] = ("degraded", "; ".join(problems))
         else:
@@ -316,7 +319,7 @@ class Daemon:
 
     def telemetry(self, window_s: float) -> Dict[str, Any]:
         """The telemetry payload (edged/schemas/telemetry.json)."""
-        counts = dict(self.stats.counts, captured=self.capture.captured,
+        counts = dict(self.stats.counts, captured=self.capture.captured, corrupt=self.capture.corrupt,
                       dropped=self.mailbox.dropped, worker_restarts=self.engine.restarts)
         model = self._model_info()
         payload = {"schema": TELEMETRY_SCHEMA, "device": self.device_id, "boot_id": self.boot_id,
