@@ -53,13 +53,14 @@ def mqtt_broker(mosquitto_executable: str, tmp_path: Path) -> Iterator[Mosquitto
 
 @pytest.fixture
 def mqtt_collector() -> Iterator:
-    """Factory: `mqtt_collector(broker, topic, *more_topics, qos=1, protocol=5)`."""
+    """Factory: `mqtt_collector(broker, topic, *more_topics, qos=1, protocol=5,
+    persistent_session=False)`."""
     made: List[MqttCollector] = []
 
     def make(broker: MosquittoBroker, topic: str, *more: str, qos: int = 1,
-             protocol: int = 5) -> MqttCollector:
-        collector = MqttCollector(broker.host, broker.port, [topic, *more],
-                                  qos=qos, protocol=protocol)
+             protocol: int = 5, persistent_session: bool = False) -> MqttCollector:
+        collector = MqttCollector(broker.host, broker.port, [topic, *more], qos=qos,
+                                  protocol=protocol, persistent_session=persistent_session)
         made.append(collector)
         return collector
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -56,8 +58,10 @@ class MosquittoBroker:
 
     def __init__(self, executable: str, workdir: Optional[Path] = None,
                  port: Optional[int] = None, host: str = "127.0.0.1",
-                 extra_config: str = "", allow_anonymous: bool = True) -> None:
+                 extra_config: str = "", allow_anonymous: bool = True,
+                 persistence: bool = False) -> None:
         self.executable = executable
+        self.persistence = persistence  # sessions and queued messages survive a restart
         self.host = host
         self.port = port or free_port(host)
         self.extra_config = extra_config
@@ -82,8 +86,9 @@ class MosquittoBroker:
         conf.write_text(
             f"listener {self.port} {self.host}\n"
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}\n"
-            "persistence false\n"
-            "log_dest stderr\n"
+            + (f"persistence true\npersistence_location {self.workdir}/\n" if self.persistence
+               else "persistence false\n")
+            + "log_dest stderr\n"
             # As root mosquitto would switch to user "mosquitto" and lose access
             # to the test's temp files (password file, certificates).
             + ("user root\n" if os.geteuid() == 0 else "")
@@ -151,12 +156,13 @@ def start_broker(executable: str, workdir: Optional[Path] = None,
 
 
 def start_broker_with(executable: str, workdir: Optional[Path], extra_config: str,
-                      allow_anonymous: bool = True, attempts: int = 5) -> MosquittoBroker:
+                      allow_anonymous: bool = True, attempts: int = 5,
+                      persistence: bool = False) -> MosquittoBroker:
     """Like start_broker, with extra mosquitto.conf lines (auth, TLS listeners)."""
     last: Optional[Exception] = None
     for _ in range(attempts):
         broker = MosquittoBroker(executable, workdir=workdir, extra_config=extra_config,
-                                 allow_anonymous=allow_anonymous)
+                                 allow_anonymous=allow_anonymous, persistence=persistence)
         try:
             return broker.start()
         except RuntimeError as exc:
@@ -192,11 +198,15 @@ Predicate = Callable[[Message], bool]
 class MqttCollector:
     """A paho subscriber that records messages and lets tests wait for them.
 
-    It resubscribes after a reconnect, so it survives broker restarts.
+    It resubscribes after a reconnect, so it survives broker restarts. With
+    `persistent_session` (MQTT 5, a fixed client id, session expiry) a broker with
+    persistence keeps its subscription and queues QoS 1 messages for it while it is
+    away, so a broker restart loses nothing in the collector's view either.
     """
 
     def __init__(self, host: str, port: int, topics: List[str], qos: int = 1,
-                 protocol: int = 5, subscribe_timeout: float = 10.0) -> None:
+                 protocol: int = 5, subscribe_timeout: float = 10.0,
+                 persistent_session: bool = False) -> None:
         self.host, self.port, self.topics, self.qos = host, port, list(topics), qos
         self._cond = threading.Condition()
         self._messages: List[Message] = []
@@ -211,7 +221,12 @@ class MqttCollector:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.client.connect(host, port, keepalive=30)
+        if persistent_session:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 600
+            self.client.connect(host, port, keepalive=30, clean_start=False, properties=properties)
+        else:
+            self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
         self._wait_subscribed(subscribe_timeout)
 

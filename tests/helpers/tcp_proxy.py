@@ -1,5 +1,10 @@
-"""A TCP proxy a test can cut and restore, to take a client offline while the
-broker (and the subscribers on it) keep running."""
+"""A TCP proxy a test can cut and restore, or stall and heal, to take a client
+offline while the broker (and the subscribers on it) keep running.
+
+`cut()` closes the connections: the client notices at once. `stall()` is a network
+that silently drops packets: connections stay open but nothing gets through, so
+only the client's keepalive can notice.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ class TcpProxy:
         self._listener: Optional[socket.socket] = None
         self._conns: List[socket.socket] = []
         self._lock = threading.Lock()
+        self._stalled = False
         self.restore()
 
     @property
@@ -52,6 +58,23 @@ class TcpProxy:
 
     close = cut
 
+    def stall(self) -> None:
+        """From now on nothing gets through, on old or new connections (a black hole)."""
+        self._stalled = True
+
+    def heal(self) -> None:
+        """Bytes flow again; connections that lived through the stall are closed, as
+        their bytes were lost (the client has usually given up on them already)."""
+        with self._lock:
+            self._stalled = False
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -68,14 +91,14 @@ class TcpProxy:
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                dst.sendall(data)
+                if not self._stalled:
+                    dst.sendall(data)
         except OSError:
             pass
         for sock in (src, dst):
