@@ -303,6 +303,15 @@ class MqttCollector:
             f"waited {timeout}s for {count} matching message(s) on {self.topics}; "
             f"got {len(got)} message(s), last {len(shown)}: {shown!r}")
 
+    def wait_until(self, condition: Callable[[List[Message]], bool], timeout: float,
+                   what: str = "condition") -> List[Message]:
+        """Wait until `condition(all messages so far)` holds; return the messages."""
+        with self._cond:
+            if self._cond.wait_for(lambda: condition(self._messages), timeout):
+                return list(self._messages)
+            count = len(self._messages)
+        raise AssertionError(f"waited {timeout}s for {what} on {self.topics}; got {count} message(s)")
+
     def wait_for_topic(self, topic: str, timeout: float = 10.0,
                        count: int = 1) -> List[Message]:
         return self.wait_for(lambda m: m.topic == topic, timeout, count)
