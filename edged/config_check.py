@@ -19,6 +19,7 @@ from edged.config import (
     PUBLISH_POLICIES,
     Config,
     ConfigError,
+    PublishConfig,
 )
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -146,7 +147,11 @@ def _check_engine(cfg: Config) -> None:
 
 
 def _check_publish(cfg: Config) -> None:
-    pub = cfg.publish
+    check_publish(cfg.publish)
+
+
+def check_publish(pub: PublishConfig) -> None:
+    """The [publish] rules, also for changes that arrive as MQTT commands."""
     _one_of("publish.policy", pub.policy, PUBLISH_POLICIES)
     _at_least("publish.every_nth", pub.every_nth, 1)
     _at_least("publish.min_interval_s", pub.min_interval_s, 0)

@@ -13,9 +13,7 @@ way to wait for something to happen: that is always a wait on a condition.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
+import json
 import sqlite3
 import subprocess
 import time
@@ -25,13 +23,16 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 from helpers.daemon import DaemonProcess, bundled_sample
-from helpers.mqtt import Message, MosquittoBroker, start_broker_with
+from helpers.mqtt import Message, start_broker_with
 from helpers.tcp_proxy import TcpProxy
 
 DEVICE = "cam-f"
 RESULT = f"edged/{DEVICE}/result"
 STATUS = f"edged/{DEVICE}/status"
 TELEMETRY = f"edged/{DEVICE}/telemetry"
+COMMAND = f"edged/{DEVICE}/cmd"
+REPLY = f"edged/{DEVICE}/reply"
+CORPUS = Path(__file__).resolve().parent / "fuzz_corpus" / "commands"
 FULL_RATE = f"file:{bundled_sample()[0]}?rate=max"  # as fast as inference, looping
 QUICK_RECONNECT = {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
 
@@ -266,3 +267,46 @@ def test_disk_full_is_reported_and_results_are_kept_until_space_returns(
         daemon.kill()
         if filler.exists():
             filler.unlink()
+
+
+# ------------------------------------------------------------------ 8. malformed inbound messages
+def test_malformed_commands_from_the_fuzz_corpus_change_nothing_on_a_running_daemon(
+        tmp_path, mqtt_broker, mqtt_collector):
+    sub = mqtt_collector(mqtt_broker, RESULT, REPLY, STATUS)
+    daemon = start_daemon(tmp_path, mqtt_broker.url)
+    try:
+        sub.wait_for(lambda m: m.topic == STATUS and m.payload["state"] == "online", timeout=120)
+        corpus = [p.read_bytes() for p in sorted(CORPUS.iterdir())] + [b"{" * (20 * 1024)]
+
+        def replies() -> List[Message]:
+            return [m for m in sub.messages if m.topic == REPLY]
+
+        for raw in corpus:
+            sub.client.publish(COMMAND, raw, qos=1)
+        sub.wait_until(lambda msgs: len([m for m in msgs if m.topic == REPLY]) >= len(corpus), 30,
+                       "one reply per corpus message")
+        refused = replies()
+        assert len(refused) == len(corpus) and not any(m.payload["ok"] for m in refused)
+        assert all(m.payload["error"] for m in refused)
+
+        def command(payload: Dict) -> Dict:
+            before = len(replies())
+            sub.client.publish(COMMAND, json.dumps(payload), qos=1)
+            sub.wait_until(lambda msgs: len([m for m in msgs if m.topic == REPLY]) > before, 30, "a reply")
+            return replies()[before].payload
+
+        unchanged = command({"schema": 1, "id": "g1", "cmd": "get_publish"})
+        assert unchanged["ok"] and unchanged["result"]["policy"] == "every" and unchanged["result"]["rev"] == 0
+        change = {"schema": 1, "id": "s1", "cmd": "set_publish", "rev": 1, "args": {"policy": "nth", "every_nth": 3}}
+        assert command(change)["ok"]
+        assert "replay" in command(change)["error"]
+        assert "not newer" in command(dict(change, id="s0", args={"policy": "every"}))["error"]
+        assert command({"schema": 1, "id": "g2", "cmd": "get_publish"})["result"]["every_nth"] == 3
+        # still serving: new results keep their numbering, and every third frame is published
+        newest = max(result_seqs(sub.messages))
+        later = sub.wait_for(lambda m: m.topic == RESULT and m.payload["seq"] > newest + 5, timeout=60)
+        frames = [m.payload["frame"] for m in later if m.payload["seq"] > newest + 1]
+        assert all(b - a == 3 for a, b in zip(frames, frames[1:])), frames
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.kill()

@@ -104,7 +104,7 @@ def test_every_documented_example_in_docs_is_valid():
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "mqtt.md").read_text()
     blocks = re.findall(r"<!-- example: (\w+) -->\s*```json\n(.*?)```", text, re.S)
-    assert sorted(name for name, _ in blocks) == ["result", "status", "telemetry"]
+    assert sorted(name for name, _ in blocks) == ["reply", "result", "status", "telemetry"]
     for name, body in blocks:
         validate(name, json.loads(body))
 

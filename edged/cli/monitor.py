@@ -7,7 +7,6 @@ snapshot after N seconds and exits, for scripts and tests.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading

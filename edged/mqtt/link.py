@@ -186,6 +186,10 @@ class MqttLink:
         """Publish on <prefix>/<device>/telemetry; False if the offline queue is full."""
         return self._publish(self.topics.telemetry, payload, self.cfg.qos) is not None
 
+    def publish_reply(self, payload: Dict[str, Any]) -> bool:
+        """Publish on <prefix>/<device>/reply (QoS 1, not retained): the answer to a command."""
+        return self._publish(self.topics.reply, payload, 1) is not None
+
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
         """Call handler(topic, payload) for matching messages; resubscribed on reconnect."""
         with self._lock:

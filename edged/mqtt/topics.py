@@ -1,6 +1,7 @@
 """MQTT topic names: the one place that formats and parses them.
 
-Layout: `<prefix>/<device>/<kind>` with kind one of status, result, telemetry
+Layout: `<prefix>/<device>/<kind>` with kind one of status, result, telemetry,
+and cmd (inbound) / reply for commands
 (OTA topics will join as `<prefix>/<device>/ota/...`). Dashboards subscribe to
 `<prefix>/+/<kind>`; shared subscriptions prepend `$share/<group>/`.
 """
@@ -13,7 +14,9 @@ from typing import Optional, Tuple
 STATUS = "status"
 RESULT = "result"
 TELEMETRY = "telemetry"
-KINDS = (STATUS, RESULT, TELEMETRY)
+KINDS = (STATUS, RESULT, TELEMETRY)  # what devices publish (dashboards subscribe to these)
+COMMAND = "cmd"  # commands to one device (docs/mqtt.md, "Commands")
+REPLY = "reply"  # the device's answer to each command
 
 
 def topic(prefix: str, device: str, kind: str, *rest: str) -> str:
@@ -75,3 +78,11 @@ class DeviceTopics:
     @property
     def telemetry(self) -> str:
         return telemetry_topic(self.prefix, self.device)
+
+    @property
+    def command(self) -> str:
+        return topic(self.prefix, self.device, COMMAND)
+
+    @property
+    def reply(self) -> str:
+        return topic(self.prefix, self.device, REPLY)

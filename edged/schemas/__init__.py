@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 SCHEMA_DIR = Path(__file__).resolve().parent
-NAMES = ("status", "result", "telemetry")
+NAMES = ("status", "result", "telemetry", "reply")
 
 
 def schema_path(name: str) -> Path:

@@ -19,6 +19,7 @@ the first inference (systemd READY later).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
@@ -32,9 +33,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import cv2
 
-from edged import __version__
 from edged.capture import CaptureThread, Frame, Mailbox, open_source
-from edged.config import Config
+from edged.config import Config, ConfigError, PublishConfig
+from edged.config_check import check_publish
 from edged.engine.postprocess import top_k
 from edged.engine.preprocess import Preprocessor
 from edged.engine.supervisor import Engine, EngineSettings, Result, Slot
@@ -43,6 +44,7 @@ from edged.errors import UserError
 from edged.models.package import load_package
 from edged.mqtt.delivery import DurableResults
 from edged.mqtt.outbox import Outbox
+from edged.service.commands import CommandError, CommandHandler, CommandSpec
 from edged.service.publish_policy import PublishPolicy
 from edged.service.stats import PipelineStats
 from edged.service.telemetry import system_snapshot
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 
 RESULT_SCHEMA = 1
 TELEMETRY_SCHEMA = 1
+PUBLISH_ARGS = {"policy": str, "every_nth": int, "min_interval_s": (int, float),
+                "score_threshold": (int, float)}  # what set_publish may change
 LEAD_MARGIN_S = 0.002  # hand the worker its next input this much before it is free
 
 
@@ -85,8 +89,13 @@ class Daemon:
         self.package = load_package(cfg.model.resolved_path())
         self.model_file = self.package.file_for()
         self.preprocess = Preprocessor(self.package.preprocess)
-        pub = cfg.publish
-        self.policy = PublishPolicy(pub.policy, pub.every_nth, pub.min_interval_s, pub.score_threshold)
+        self.publish_cfg = cfg.publish
+        self.policy = _policy_for(cfg.publish)
+        self.commands = CommandHandler(
+            {"ping": CommandSpec(self._cmd_ping),
+             "get_publish": CommandSpec(self._cmd_get_publish),
+             "set_publish": CommandSpec(self._cmd_set_publish, PUBLISH_ARGS, changes_state=True)},
+            lambda: {"device": self.device_id, "boot_id": self.boot_id})
         self.source_uri = cfg.source.resolved_uri()
         self.mailbox = Mailbox()
         src = cfg.source
@@ -120,6 +129,7 @@ class Daemon:
     def run(self) -> int:
         """Start everything, serve until a signal or the end of the source, stop cleanly."""
         previous = self._install_signals()
+        self.link.subscribe(self.link.topics.command, self._on_command)
         self.link.start()
         self.results.start()
         try:
@@ -285,6 +295,31 @@ class Daemon:
                 "model": {"name": self.package.name, "version": self.package.version},
                 "latency_ms": {k: round(v, 3) for k, v in latency.items()}}
 
+    # ----------------------------------------------------------------- commands (MQTT thread)
+    def _on_command(self, topic: str, raw: bytes) -> None:
+        self.link.publish_reply(self.commands.handle(raw))
+
+    def _cmd_ping(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        return {"state": self._status[0] if self._status else "starting",
+                "uptime_s": round(time.monotonic() - self._started, 1),
+                "next_seq": self.results.stats()["next_seq"]}
+
+    def _cmd_get_publish(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(dataclasses.asdict(self.publish_cfg), rev=self.commands.applied_rev)
+
+    def _cmd_set_publish(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        """Change which results are published until the next restart (the file is not edited)."""
+        if not args:
+            raise CommandError(f"set_publish: give at least one of {', '.join(PUBLISH_ARGS)}")
+        wanted = dataclasses.replace(self.publish_cfg, **args)
+        try:
+            check_publish(wanted)
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from None
+        self.policy, self.publish_cfg = _policy_for(wanted), wanted  # the collector sees one or the other
+        log.info("publish settings changed by command: %s", args)
+        return dataclasses.asdict(wanted)
+
     # ----------------------------------------------------------------- status, telemetry
     def _update_status(self) -> None:
         problems = []
@@ -320,7 +355,8 @@ class Daemon:
     def telemetry(self, window_s: float) -> Dict[str, Any]:
         """The telemetry payload (edged/schemas/telemetry.json)."""
         counts = dict(self.stats.counts, captured=self.capture.captured, corrupt=self.capture.corrupt,
-                      dropped=self.mailbox.dropped, worker_restarts=self.engine.restarts)
+                      dropped=self.mailbox.dropped, worker_restarts=self.engine.restarts,
+                      commands=self.commands.handled, commands_refused=self.commands.refused)
         model = self._model_info()
         payload = {"schema": TELEMETRY_SCHEMA, "device": self.device_id, "boot_id": self.boot_id,
                    "uptime_s": round(time.monotonic() - self._started, 1), "window_s": window_s,
@@ -352,6 +388,10 @@ class Daemon:
             self.link.publish_telemetry(self.telemetry(window_s))
         except Exception:  # telemetry must never take the daemon down
             log.exception("telemetry failed")
+
+
+def _policy_for(pub: PublishConfig) -> PublishPolicy:
+    return PublishPolicy(pub.policy, pub.every_nth, pub.min_interval_s, pub.score_threshold)
 
 
 def _p90(values: Deque[float]) -> float:

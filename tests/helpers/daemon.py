@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL = REPO / "firmware_models" / "regnety_400mf_inspect"
