@@ -95,7 +95,7 @@ def measure_daemon(cfg: Any, seconds: float) -> Dict[str, Any]:
     from edged.cli.bench_loops import peak_rss_mb
     from edged.service.daemon import Daemon
 
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, keep_run_samples=True)
     thread = threading.Thread(target=daemon.run, name="bench-daemon", daemon=True)
     thread.start()
     if not daemon.ready.wait(120):

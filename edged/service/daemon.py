@@ -78,14 +78,14 @@ class Daemon:
     """One run of `edged run`; `run()` returns the exit code."""
 
     def __init__(self, cfg: Config, max_frames: Optional[int] = None,
-                 link_factory: Optional[Callable[..., Any]] = None) -> None:
+                 link_factory: Optional[Callable[..., Any]] = None, keep_run_samples: bool = False) -> None:
         cv2.setNumThreads(1)  # preprocessing stays on one core; the others are inference's
         self.cfg = cfg
         self.max_frames = max_frames
         self.boot_id = uuid.uuid4().hex
         self.device_id = cfg.device_id
         self.ready = threading.Event()
-        self.stats = PipelineStats(cfg.telemetry.interval_s)
+        self.stats = PipelineStats(cfg.telemetry.interval_s, keep_run_samples)
         self.package = load_package(cfg.model.resolved_path())
         self.model_file = self.package.file_for()
         self.preprocess = Preprocessor(self.package.preprocess)

@@ -1,7 +1,8 @@
 """Counters, rates and per-stage latencies of the pipeline, for telemetry and bench.
 
 Telemetry's sliding windows are comms' `edged.service.telemetry` helpers; this adds
-the totals and a bounded whole-run reservoir per stage that `edged bench` reads.
+the totals and, when asked (`edged bench`), a bounded whole-run reservoir per stage.
+The daemon itself does not keep one: 100,000 samples x 8 stages would be ~25 MB.
 Latencies use the result's stage names; the telemetry name of "total" is
 "end_to_end" (docs/mqtt.md).
 """
@@ -22,8 +23,9 @@ RATES = ("capture", "inference", "publish")
 class PipelineStats:
     """Thread-safe: written by the engine thread, read by the main loop and bench."""
 
-    def __init__(self, window_s: float = 10.0) -> None:
+    def __init__(self, window_s: float = 10.0, keep_run_samples: bool = False) -> None:
         self._lock = threading.Lock()
+        self._keep_run = keep_run_samples
         self._window = StageLatencies(window_s)
         self._rates = {name: RateWindow(window_s) for name in RATES}
         self._run: Dict[str, Deque[float]] = {}
@@ -33,7 +35,8 @@ class PipelineStats:
         with self._lock:
             for stage, ms in latencies.items():
                 self._window.add(TELEMETRY_NAMES.get(stage, stage), ms)
-                self._run.setdefault(stage, deque(maxlen=RUN_MAX)).append(ms)
+                if self._keep_run:
+                    self._run.setdefault(stage, deque(maxlen=RUN_MAX)).append(ms)
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
