@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from helpers.disk import small_tmpfs  # noqa: E402
 from helpers.mqtt import (  # noqa: E402
     MosquittoBroker,
     MqttCollector,
@@ -67,3 +68,9 @@ def mqtt_collector() -> Iterator:
     yield make
     for collector in made:
         collector.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MB tmpfs, for running out of disk space (skipped where mounting needs root)."""
+    yield from small_tmpfs(tmp_path / "small", required=_in_ci())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -23,6 +22,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 from helpers.daemon import DaemonProcess, bundled_sample
+from helpers.disk import fill
 from helpers.mqtt import Message, start_broker_with
 from helpers.tcp_proxy import TcpProxy
 
@@ -211,30 +211,6 @@ def test_network_black_hole_is_detected_by_keepalive_and_delivery_resumes(
 
 
 # ------------------------------------------------------------------ 7. disk full
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 16 MB tmpfs for the state directory (needs root, as in CI)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write zeros until the file system is full."""
-    with open(path, "wb", buffering=0) as out:
-        for size in (1 << 16, 512):  # big blocks, then the last few bytes
-            try:
-                while True:
-                    out.write(b"\0" * size)
-            except OSError:
-                pass
-
-
 def test_disk_full_is_reported_and_results_are_kept_until_space_returns(
         tmp_path, small_disk, persistent_broker, mqtt_collector):
     sub = mqtt_collector(persistent_broker, RESULT, STATUS, TELEMETRY, persistent_session=True)

@@ -47,7 +47,8 @@ class DurableResults:
         self.problem: Optional[str] = None  # why results cannot be stored, while that lasts
         self._held: Deque[Tuple[str, Dict[str, Any]]] = deque()
         self._held_dropped = 0  # dropped while the outbox was not writable; saved with the next write
-        self._held_lock = threading.Lock()
+        self._held_lock = threading.Condition()  # notified when a write finishes or fails
+        self._writing = 0  # results taken from _held by the writer and not yet committed
         self._inflight: Dict[int, Any] = {}  # seq -> paho MQTTMessageInfo
         self._live_from = 0  # with a drain rate: seqs below this are the paced backlog
         self._tokens = 0.0
@@ -72,10 +73,17 @@ class DurableResults:
         self._queued.set()
         return kept
 
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted is on disk; False if it is not within `timeout`."""
+        self._queued.set()
+        with self._held_lock:
+            return self._held_lock.wait_for(lambda: not self._held and not self._writing, timeout)
+
     def drain(self, timeout: float) -> int:
         """Wait up to `timeout` until every result is stored and acknowledged; returns what is left."""
         deadline = time.monotonic() + timeout
-        while self._left() and time.monotonic() < deadline:
+        self.flush(timeout)
+        while self._left() and time.monotonic() < deadline:  # acknowledgements come per tick
             self._wake.set()
             time.sleep(TICK_S)
         return self._left()
@@ -118,6 +126,7 @@ class DurableResults:
             with self._held_lock:
                 batch = [self._held.popleft() for _ in range(min(WRITE_BATCH, len(self._held)))]
                 dropped, self._held_dropped = self._held_dropped, 0
+                self._writing = len(batch)
             try:
                 self.outbox.append_many(batch, dropped_elsewhere=dropped)
             except OutboxError as exc:
@@ -125,6 +134,8 @@ class DurableResults:
                     self._held.extendleft(reversed(batch))
                     self._held_dropped += dropped
                     self._enforce_held_bound()
+                    self._writing = 0
+                    self._held_lock.notify_all()
                 self.write_failures += 1
                 if self.problem is None:
                     log.error("%s; results are held in memory (at most %d) until it can be written",
@@ -134,6 +145,9 @@ class DurableResults:
             if self.problem is not None:
                 log.info("outbox writable again")
                 self.problem = None
+            with self._held_lock:
+                self._writing = 0
+                self._held_lock.notify_all()
             self._wake.set()
 
     def _enforce_held_bound(self) -> bool:
