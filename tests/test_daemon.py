@@ -147,15 +147,18 @@ def test_hung_worker_is_killed_and_replaced(tmp_path, mqtt_broker, mqtt_collecto
         sub.wait_for(lambda m: m.topic.endswith("/telemetry")
                      and m.payload["counts"]["worker_restarts"] >= 1, timeout=30)
         sub.wait_for(status_is("cam-h", "online"), count=2, timeout=30)
+        seen = len(payloads(sub, "cam-h", "result"))
+        sub.wait_for(lambda m: m.topic.endswith("/result"), count=seen + 5, timeout=60)
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.kill()
+    assert_consecutive(payloads(sub, "cam-h", "result"))  # the hung frame is not a gap in seq
 
 
 def test_removed_source_goes_degraded_then_online_when_it_returns(
         tmp_path, mqtt_broker, mqtt_collector):
     video = write_video(tmp_path / "clip.mp4", frames=10)
-    sub = mqtt_collector(mqtt_broker, "edged/cam-f/status")
+    sub = mqtt_collector(mqtt_broker, "edged/cam-f/#")
     daemon = DaemonProcess(tmp_path / "d", f"file:{video}?rate=max", mqtt_broker.url, "cam-f")
     try:
         sub.wait_for(status_is("cam-f", "online"), timeout=60)
@@ -163,12 +166,15 @@ def test_removed_source_goes_degraded_then_online_when_it_returns(
         shutil.move(str(video), hidden)
         degraded = sub.wait_for(status_is("cam-f", "degraded", "camera offline"), timeout=30)
         assert "not found" in degraded[-1].payload["reason"]
+        seen = len(payloads(sub, "cam-f", "result"))
         shutil.move(str(hidden), video)
         sub.wait_for(status_is("cam-f", "online"), count=2, timeout=30)
+        sub.wait_for(lambda m: m.topic.endswith("/result"), count=seen + 5, timeout=60)  # frames resume
         assert daemon.stop() == 0, daemon.log()
         sub.wait_for(status_is("cam-f", "offline", "shutdown"), timeout=10)
     finally:
         daemon.kill()
+    assert_consecutive(payloads(sub, "cam-f", "result"))
 
 
 def test_unreadable_camera_device_is_retried_and_reported_degraded(

@@ -18,12 +18,13 @@ from helpers.daemon import model_dir
 pytestmark = pytest.mark.slow
 
 
-def start_engine() -> Engine:
+def start_engine(max_restarts_per_minute: int = 5) -> Engine:
     pkg = load_package(model_dir())
     p = pkg.preprocess
     results: "queue.Queue[Result]" = queue.Queue()
     eng = Engine(str(pkg.path_of(pkg.file_for())), (3, p.height, p.width),
-                 EngineSettings(threads=1, hang_min_s=1.0, hang_factor=3.0), results.put)
+                 EngineSettings(threads=1, hang_min_s=1.0, hang_factor=3.0,
+                                max_restarts_per_minute=max_restarts_per_minute), results.put)
     eng.start()
     eng.results = results  # type: ignore[attr-defined]
     return eng
@@ -98,6 +99,25 @@ def test_stopped_worker_is_declared_hung_and_replaced(engine):
     hung = infer(engine, 0.0, "stuck")
     assert hung.error and "hung" in hung.error
     assert infer(engine, 0.0, "next").error is None and engine.restarts == 1
+
+
+def test_repeated_failures_back_off_instead_of_restarting_in_a_tight_loop():
+    eng = start_engine(max_restarts_per_minute=1)
+    try:
+        delays, reasons = [], []
+        for i in range(3):
+            assert infer(eng, 0.0, f"ok{i}").error is None
+            os.kill(eng.worker_pid, signal.SIGKILL)
+            while infer(eng, 0.0, f"after{i}").error is not None:
+                pass  # frames fail until the replacement is up; each infer waits for its result
+            assert eng.restarts == i + 1
+            delays.append(eng.restart_delay_s)
+            reasons.append(eng.last_failure)
+        assert delays == [0.0, 1.0, 2.0]  # within the budget at once, then doubling
+        assert "failures within a minute, next start in 2 s" in reasons[2]
+        assert eng.problem is None  # recovered
+    finally:
+        eng.stop()
 
 
 def test_stop_unlinks_the_shared_memory():

@@ -286,3 +286,33 @@ def test_malformed_commands_from_the_fuzz_corpus_change_nothing_on_a_running_dae
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.kill()
+
+
+# ------------------------------------------------------------------ camera delivering corrupt frames
+def test_corrupt_frames_are_skipped_and_counted_while_good_ones_are_served(
+        tmp_path, mqtt_broker, mqtt_collector):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        path = folder / f"{i:02d}.jpg"
+        if i % 3 == 2:
+            path.write_bytes(b"\xff\xd8\xff\xe0 truncated by a flaky USB link")
+        else:
+            cv2.imwrite(str(path), np.full((240, 320, 3), 20 * i, np.uint8))
+    sub = mqtt_collector(mqtt_broker, RESULT, STATUS, TELEMETRY)
+    daemon = DaemonProcess(tmp_path / "d", f"file:{folder}?rate=max", mqtt_broker.url, DEVICE,
+                           config={"telemetry": {"interval_s": 1.0}})
+    try:
+        sub.wait_for(lambda m: m.topic == TELEMETRY and m.payload["counts"]["corrupt"] >= 8
+                     and m.payload["counts"]["inferred"] >= 16, timeout=120)
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.kill()
+    states = [m.payload["state"] for m in sub.messages if m.topic == STATUS]
+    assert "degraded" not in states, states  # a corrupt frame now and then is not an outage
+    results = [m.payload for m in sub.messages if m.topic == RESULT]
+    assert [r["seq"] for r in results] == list(range(len(results)))
+    assert "skipped corrupt frame" in daemon.log()

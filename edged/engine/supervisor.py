@@ -100,6 +100,7 @@ class Engine:
         self.inferred = 0
         self.failed = 0
         self.problem: Optional[str] = None  # set while the worker is being replaced
+        self.restart_delay_s = 0.0  # how long the latest replacement waited (restart backoff)
         self.last_failure: str = ""  # the reason of the latest restart
         self.info: dict = {}
 
@@ -240,9 +241,13 @@ class Engine:
         for job_id, tag in pending:
             self.failed += 1
             self._settle(job_id, Result(tag, None, done=time.monotonic(), error=reason))
-        delay = 0.0
+        delay = self.restart_delay_s = self._restart_delay()
+        if delay:
+            self.problem += (f"; {len(self._restart_times)} failures within a minute, "
+                             f"next start in {delay:.0f} s")
+            self.last_failure = self.problem
         while not self._stop.is_set():
-            self._stop.wait(delay or self._restart_delay())
+            self._stop.wait(delay)
             if self._stop.is_set():
                 return
             try:
