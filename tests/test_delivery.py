@@ -28,7 +28,7 @@ def test_with_a_drain_rate_live_results_overtake_a_paced_backlog(tmp_path, mqtt_
         outbox.append(RESULT, {"n": i})
     sub = mqtt_collector(mqtt_broker, RESULT)
     link = make_link(mqtt_broker.url)
-    results = DurableResults(link, outbox, drain_rate=20.0)
+    results = DurableResults(link, lambda: outbox, drain_rate=20.0)
     link.start()
     assert link.wait_connected(10)
     results.start()
@@ -53,7 +53,7 @@ def test_without_a_drain_rate_everything_goes_strictly_in_seq_order(tmp_path, mq
         outbox.append(RESULT, {"n": i})
     sub = mqtt_collector(mqtt_broker, RESULT)
     link = make_link(mqtt_broker.url)
-    results = DurableResults(link, outbox)
+    results = DurableResults(link, lambda: outbox)
     link.start()
     results.start()
     try:
@@ -70,7 +70,7 @@ def test_full_disk_holds_results_in_memory_within_the_bound_and_writes_them_late
         tmp_path, small_disk, mqtt_broker, mqtt_collector):
     outbox = Outbox(small_disk / "outbox.sqlite", when_full="drop_oldest")
     link = make_link(mqtt_broker.url)  # never started: everything stays in the outbox
-    results = DurableResults(link, outbox, max_held=5)
+    results = DurableResults(link, lambda: outbox, max_held=5)
     results.start()
     filler = small_disk / "filler"
     try:

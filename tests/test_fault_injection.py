@@ -245,6 +245,28 @@ def test_disk_full_is_reported_and_results_are_kept_until_space_returns(
             filler.unlink()
 
 
+def test_disk_full_at_start_the_daemon_runs_and_stores_results_once_space_returns(
+        tmp_path, small_disk, mqtt_broker, mqtt_collector):
+    sub = mqtt_collector(mqtt_broker, RESULT, STATUS)
+    filler = small_disk / "filler"
+    fill(filler)
+    state = small_disk / "state"
+    daemon = start_daemon(tmp_path, mqtt_broker.url, device={"state_dir": str(state)})
+    try:
+        degraded = sub.wait_for(lambda m: m.topic == STATUS and m.payload["state"] == "degraded", timeout=120)[-1]
+        assert "outbox not writable" in degraded.payload["reason"], degraded.payload
+        assert not result_seqs(sub.messages), "results were published without being stored first"
+        filler.unlink()
+        t_freed = time.monotonic()
+        sub.wait_for(lambda m: m.topic == STATUS and m.payload["state"] == "online", timeout=60)
+        recovered = time.monotonic() - t_freed
+        sub.wait_for_topic(RESULT, count=20, timeout=60)
+        assert daemon.stop() == 0, daemon.log()
+        check_delivery(sub, state, "disk-full-at-start", online_after_freeing_s=recovered)
+    finally:
+        daemon.kill()
+
+
 # ------------------------------------------------------------------ 8. malformed inbound messages
 def test_malformed_commands_from_the_fuzz_corpus_change_nothing_on_a_running_daemon(
         tmp_path, mqtt_broker, mqtt_collector):

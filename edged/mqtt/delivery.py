@@ -3,11 +3,13 @@
 `submit()` only appends to a short in-memory queue and returns: the engine's
 collector thread never waits for the disk. Two threads do the rest:
 
-    writer    commits everything queued in one transaction (group commit: one
-              fsync for a batch), which also gives each result its `seq`. When the
-              disk is full or failing the results stay in memory (bounded by
-              `max_held`, with the outbox's drop policy) and the write is retried
-              every `RETRY_S`; `problem` says so, for status and telemetry.
+    writer    opens the outbox (retrying if it cannot: a full disk at boot must not
+              stop the camera) and commits everything queued in one transaction
+              (group commit: one fsync for a batch), which also gives each result
+              its `seq`. When the disk is full or failing the results stay in
+              memory (bounded by `max_held`, with the outbox's drop policy) and the
+              write is retried every `RETRY_S`; `problem` says so, for status and
+              telemetry.
     sender    publishes stored results with QoS 1 in `seq` order while the link is
               connected, at most `max_inflight` at a time, and deletes them when the
               broker acknowledges them (also in batches).
@@ -26,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from edged.mqtt.link import MqttLink
 from edged.mqtt.outbox import Outbox, OutboxError, Pending
@@ -39,9 +41,12 @@ MAX_HELD = 10_000  # results kept in memory while the outbox cannot be written (
 
 
 class DurableResults:
-    def __init__(self, link: MqttLink, outbox: Outbox, qos: int = 1, max_inflight: int = 20,
-                 drain_rate: float = 0.0, max_held: int = MAX_HELD):
-        self.link, self.outbox, self.qos = link, outbox, max(1, qos)
+    def __init__(self, link: MqttLink, open_outbox: Callable[[], Outbox], when_full: str = "drop_oldest",
+                 qos: int = 1, max_inflight: int = 20, drain_rate: float = 0.0, max_held: int = MAX_HELD):
+        self.link, self.qos = link, max(1, qos)
+        self.outbox: Optional[Outbox] = None  # None until it could be opened
+        self.when_full = when_full  # for results held in memory; the outbox applies its own
+        self._open_outbox = open_outbox
         self.max_inflight, self.drain_rate, self.max_held = max_inflight, drain_rate, max_held
         self.write_failures = 0
         self.problem: Optional[str] = None  # why results cannot be stored, while that lasts
@@ -62,6 +67,7 @@ class DurableResults:
         self._sender = threading.Thread(target=self._send_loop, name="delivery", daemon=True)
 
     def start(self) -> None:
+        self._try_open()
         self._writer.start()
         self._sender.start()
 
@@ -98,30 +104,50 @@ class DurableResults:
         if self._held:
             log.error("%d result(s) could not be stored before exit and are lost: %s",
                       len(self._held), self.problem)
+        if self.outbox is not None:
+            self.outbox.close()
 
     def stats(self) -> Dict[str, Any]:
         """Telemetry `outbox`: on disk, in memory, in flight, dropped, and whether writes work."""
-        disk = self.outbox.stats()
+        disk = self.outbox.stats() if self.outbox else {"queued": 0, "dropped": 0, "next_seq": 0}
         return dict(disk, dropped=disk["dropped"] + self._held_dropped, held=len(self._held),
                     inflight=len(self._inflight), write_failures=self.write_failures,
                     writable=self.problem is None)
 
     def _left(self) -> int:
-        return len(self._held) + self.outbox.stats()["queued"]
+        return len(self._held) + (self.outbox.stats()["queued"] if self.outbox else 0)
 
     # ------------------------------------------------------------------ the writer
     def _write_loop(self) -> None:
         while True:
             self._queued.wait(RETRY_S)
             self._queued.clear()
-            if self._held:
+            if self._held or self.outbox is None:
                 self._write_held()
             if self._stop.is_set() and (not self._held or self.problem):
                 return
             if self.problem:
                 self._stop.wait(RETRY_S)
 
+    def _try_open(self) -> bool:
+        if self.outbox is None:
+            try:
+                self.outbox = self._open_outbox()
+            except OutboxError as exc:
+                self._write_failed(exc)
+        return self.outbox is not None
+
+    def _write_failed(self, exc: OutboxError) -> None:
+        self.write_failures += 1
+        if self.problem is None:
+            log.error("%s; results are held in memory (at most %d) until it can be written",
+                      exc, self.max_held)
+        self.problem = f"outbox not writable ({_cause(exc)}); results held in memory"
+
     def _write_held(self) -> None:
+        if not self._try_open():
+            return
+        assert self.outbox is not None
         while self._held:
             with self._held_lock:
                 batch = [self._held.popleft() for _ in range(min(WRITE_BATCH, len(self._held)))]
@@ -136,11 +162,7 @@ class DurableResults:
                     self._enforce_held_bound()
                     self._writing = 0
                     self._held_lock.notify_all()
-                self.write_failures += 1
-                if self.problem is None:
-                    log.error("%s; results are held in memory (at most %d) until it can be written",
-                              exc, self.max_held)
-                self.problem = f"outbox not writable ({_cause(exc)}); results held in memory"
+                self._write_failed(exc)
                 return
             if self.problem is not None:
                 log.info("outbox writable again")
@@ -154,7 +176,7 @@ class DurableResults:
         """Apply the drop policy to the memory queue (caller holds the lock); False if the newest went."""
         kept = True
         while len(self._held) > self.max_held:
-            if self.outbox.when_full == "drop_newest":
+            if self.when_full == "drop_newest":
                 self._held.pop()
                 kept = False
             else:
@@ -167,6 +189,8 @@ class DurableResults:
         while not self._stop.is_set():
             self._wake.wait(TICK_S if self._inflight or self.drain_rate else 1.0)
             self._wake.clear()
+            if self.outbox is None:
+                continue  # the writer is still trying to open it
             try:
                 self._collect_acks()
                 connected = self.link.connected

@@ -46,14 +46,21 @@ class Outbox:
             raise ValueError(f"when_full must be one of {POLICIES}, got {when_full!r}")
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
         self.when_full = when_full
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        db = None
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                db.close()
+            raise OutboxError(f"cannot open the outbox {path}: {exc}") from exc
+        self._db = db
 
     def append(self, topic: str, payload: Dict[str, Any]) -> Dict[str, Any]:
         """Store `payload` with the next `seq` (set in the returned copy; None if dropped)."""

@@ -107,8 +107,9 @@ class Daemon:
             from edged.mqtt.link import MqttLink as link_factory  # the only paho user
         self.link = link_factory(cfg.mqtt, self.device_id, self.boot_id)
         box = cfg.outbox
+        outbox_path = cfg.device.resolved_state_dir() / "outbox.sqlite"
         self.results = DurableResults(
-            self.link, Outbox(cfg.device.resolved_state_dir() / "outbox.sqlite", box.max_messages, box.when_full),
+            self.link, lambda: Outbox(outbox_path, box.max_messages, box.when_full), box.when_full,
             cfg.mqtt.qos, drain_rate=box.drain_rate)
         eng = cfg.engine
         settings = EngineSettings(eng.threads, eng.power_mode, eng.hang_factor, eng.hang_min_s,
@@ -185,7 +186,6 @@ class Daemon:
             log.warning("%d result(s) not yet acknowledged stay in the outbox for the next start", left)
         self.results.stop()
         self.link.stop(timeout=5.0)  # publishes status offline, waits for acks
-        self.results.outbox.close()
         log.info("stopped: %d frames inferred, %d results stored", self.stats.counts["inferred"],
                  self.stats.counts["published"])
 
