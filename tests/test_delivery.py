@@ -82,6 +82,7 @@ def test_full_disk_holds_results_in_memory_within_the_bound_and_writes_them_late
         assert results.problem and "outbox not writable" in results.problem and "full" in results.problem
         for i in range(10):
             results.submit({"n": 100 + i})
+        assert not results.flush(timeout=2.5)  # a full retry cycle: the bound has been applied
         stats = results.stats()
         assert not stats["writable"] and stats["held"] == 5 and stats["dropped"] >= 5
         filler.unlink()

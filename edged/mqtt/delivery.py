@@ -110,7 +110,7 @@ class DurableResults:
     def stats(self) -> Dict[str, Any]:
         """Telemetry `outbox`: on disk, in memory, in flight, dropped, and whether writes work."""
         disk = self.outbox.stats() if self.outbox else {"queued": 0, "dropped": 0, "next_seq": 0}
-        return dict(disk, dropped=disk["dropped"] + self._held_dropped, held=len(self._held),
+        return dict(disk, dropped=disk["dropped"] + self._held_dropped, held=len(self._held) + self._writing,
                     inflight=len(self._inflight), write_failures=self.write_failures,
                     writable=self.problem is None)
 
