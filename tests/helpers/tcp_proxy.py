@@ -49,12 +49,7 @@ class TcpProxy:
             except OSError:
                 pass
             listener.close()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+        _close_all(conns)
 
     close = cut
 
@@ -68,12 +63,7 @@ class TcpProxy:
         with self._lock:
             self._stalled = False
             conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+        _close_all(conns)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -106,3 +96,12 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _close_all(conns: List[socket.socket]) -> None:
+    for conn in conns:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        conn.close()
