@@ -179,7 +179,8 @@ class TelemetryConfig:
 class OutboxConfig:
     max_messages: int = _key(100000, "results kept on disk while the broker is unreachable")
     when_full: str = _key("drop_oldest", "at the bound: drop_oldest | drop_newest (drops are counted)")
-    drain_rate: float = _key(0.0, "at most this many results per second (a backlog drains at this rate); 0 = no limit")
+    drain_rate: float = _key(0.0, "a backlog left by an outage is sent at most this many per second "
+                             "while new results go out at once; 0 = no limit, all strictly in seq order")
     drain_timeout_s: float = _key(5.0, "on shutdown, wait this long for the broker to acknowledge the backlog")
 
 
