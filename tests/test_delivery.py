@@ -9,6 +9,7 @@ from edged.mqtt.delivery import DurableResults
 from edged.mqtt.link import MqttLink
 from edged.mqtt.outbox import Outbox
 from helpers.disk import fill
+from helpers.mqtt import start_broker_with
 
 DEVICE = "cam-r"
 RESULT = f"edged/{DEVICE}/result"
@@ -93,3 +94,24 @@ def test_full_disk_holds_results_in_memory_within_the_bound_and_writes_them_late
         assert outbox.stats()["dropped"] == results.stats()["dropped"] >= 5  # the drops were saved
     finally:
         results.stop()
+
+
+def test_results_the_broker_refuses_are_counted_and_reported_not_kept(tmp_path, mosquitto_executable):
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic read {RESULT}\ntopic readwrite edged/{DEVICE}/status\n")
+    broker = start_broker_with(mosquitto_executable, tmp_path / "mosq", f"acl_file {acl}\n")
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    link = make_link(broker.url)
+    results = DurableResults(link, lambda: outbox)
+    link.start()
+    results.start()
+    try:
+        for i in range(3):
+            results.submit({"n": i})
+        assert results.drain(10) == 0  # acknowledged, though with "Not authorized"
+        assert results.stats()["rejected"] == 3
+        assert results.refused_by_broker == "broker refuses results: Not authorized"
+    finally:
+        results.stop()
+        link.stop(timeout=1)
+        broker.close()

@@ -47,7 +47,7 @@ TELEMETRY = {"schema": 1, "device": "cam1", "boot_id": "2f1c", "uptime_s": 120.5
              "temperature_c": None, "load_avg": [1.2, 1.0, 0.8],
              "mqtt": {"reconnects": 0, "connected": True},
              "outbox": {"queued": 0, "held": 0, "inflight": 1, "dropped": 0, "next_seq": 1042,
-                        "write_failures": 0, "writable": True}}
+                        "write_failures": 0, "writable": True, "rejected": 0}}
 EXAMPLES = {"status": STATUS, "result": RESULT, "telemetry": TELEMETRY}
 
 

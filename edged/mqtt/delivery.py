@@ -49,7 +49,9 @@ class DurableResults:
         self._open_outbox = open_outbox
         self.max_inflight, self.drain_rate, self.max_held = max_inflight, drain_rate, max_held
         self.write_failures = 0
+        self.rejected = 0  # acknowledged with an MQTT 5 failure code (e.g. not authorized)
         self.problem: Optional[str] = None  # why results cannot be stored, while that lasts
+        self.refused_by_broker: Optional[str] = None  # why the broker refuses them, while it does
         self._held: Deque[Tuple[str, Dict[str, Any]]] = deque()
         self._held_dropped = 0  # dropped while the outbox was not writable; saved with the next write
         self._held_lock = threading.Condition()  # notified when a write finishes or fails
@@ -111,7 +113,7 @@ class DurableResults:
         """Telemetry `outbox`: on disk, in memory, in flight, dropped, and whether writes work."""
         disk = self.outbox.stats() if self.outbox else {"queued": 0, "dropped": 0, "next_seq": 0}
         return dict(disk, dropped=disk["dropped"] + self._held_dropped, held=len(self._held) + self._writing,
-                    inflight=len(self._inflight), write_failures=self.write_failures,
+                    inflight=len(self._inflight), write_failures=self.write_failures, rejected=self.rejected,
                     writable=self.problem is None)
 
     def _left(self) -> int:
@@ -204,10 +206,27 @@ class DurableResults:
 
     def _collect_acks(self) -> None:
         acked = [seq for seq, info in self._inflight.items() if info.is_published()]
-        if acked:
-            self.outbox.ack_many(acked)
-            for seq in acked:
-                del self._inflight[seq]
+        if not acked:
+            return
+        refusals = [(seq, self.link.take_rejection(self._inflight[seq].mid)) for seq in acked]
+        self.outbox.ack_many(acked)
+        for seq, refusal in refusals:
+            del self._inflight[seq]
+            self._note_refusal(seq, refusal)
+
+    def _note_refusal(self, seq: int, refusal: Optional[str]) -> None:
+        """A PUBACK with an MQTT 5 failure code: the broker will not take it, so it is not kept
+        (it would block every result behind it), but it is counted and the status says so."""
+        if refusal is None:
+            if self.refused_by_broker is not None:
+                log.info("the broker accepts results again")
+            self.refused_by_broker = None
+            return
+        self.rejected += 1
+        if self.refused_by_broker is None:
+            log.error("the broker refused result seq %d: %s (counted in telemetry outbox.rejected)",
+                      seq, refusal)
+        self.refused_by_broker = f"broker refuses results: {refusal}"
 
     def _send(self) -> None:
         room = self.max_inflight - len(self._inflight)

@@ -24,6 +24,7 @@ import random
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
 import paho.mqtt.client as paho
@@ -41,6 +42,7 @@ STATES = ("online", "degraded", "offline")
 MAX_QUEUED = 10000          # QoS>0 messages kept while offline (~10 MB of results)
 WILL_QOS = 1
 PRUNE_MIN = 1024
+MAX_REJECTIONS_KEPT = 10_000  # refused acks not yet collected (bounded in case nobody asks)
 STOP_SLICE_S = 0.05   # shutdown re-checks acks at least this often
 
 MessageHandler = Callable[[str, bytes], None]
@@ -87,6 +89,7 @@ class MqttLink:
         self._pending: List[paho.MQTTMessageInfo] = []
         self._prune_at = PRUNE_MIN
         self.refused = 0
+        self._rejected: "OrderedDict[int, str]" = OrderedDict()  # mid -> why the broker refused it
         self._subscriptions: Dict[str, MessageHandler] = {}
         self._started = False
         self._client = self._make_client()
@@ -250,6 +253,11 @@ class MqttLink:
         props.ContentType = "application/json"
         return props
 
+    def take_rejection(self, mid: int) -> Optional[str]:
+        """Why the broker refused the acknowledged message `mid` (MQTT 5), or None if it took it."""
+        with self._lock:
+            return self._rejected.pop(mid, None)
+
     def publish_bytes(self, topic: str, data: bytes, qos: int) -> Optional[paho.MQTTMessageInfo]:
         """Publish an already serialised payload; the returned info's `is_published()`
         turns true on PUBACK (None when paho's offline queue is full)."""
@@ -314,6 +322,10 @@ class MqttLink:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties=None) -> None:
         with self._lock:
+            if getattr(reason_code, "is_failure", False):  # MQTT 5: e.g. "Not authorized", "Quota exceeded"
+                self._rejected[mid] = str(reason_code)
+                while len(self._rejected) > MAX_REJECTIONS_KEPT:
+                    self._rejected.popitem(last=False)
             self._lock.notify_all()
 
     def _on_message(self, client, userdata, message) -> None:

@@ -331,8 +331,7 @@ class Daemon:
         elif self.engine.restarts > self._restarts_reported:
             problems.append(self.engine.last_failure)  # recovered within one tick: still say so
         self._restarts_reported = self.engine.restarts
-        if self.results.problem:
-            problems.append(self.results.problem)
+        problems += [p for p in (self.results.problem, self.results.refused_by_broker) if p]
         if problems:
             wanted: Optional[Tuple[str, Optional[str]]] = ("degraded", "; ".join(problems))
         else:
