@@ -61,7 +61,6 @@ class DurableResults:
         self._tokens = 0.0
         self._token_time = time.monotonic()
         self._was_connected = False
-        self._written = threading.Event()
         self._queued = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
