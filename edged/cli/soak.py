@@ -61,7 +61,7 @@ def soak(args: argparse.Namespace) -> int:
         counter.stop()
         broker.stop()
         workdir.cleanup()
-    summary = summarize(samples, counter.report(), exit_code)
+    summary = summarize(samples, counter.report(), exit_code, window=max(1, round(60 / args.sample_s)))
     print(format_report(summary))
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "samples": samples}, indent=2) + "\n")
@@ -170,16 +170,32 @@ def slope_mb_per_hour(samples: List[Dict]) -> float:
     return cov / var * 3600 if var else 0.0
 
 
-def summarize(samples: List[Dict], delivery: Dict[str, int], exit_code: Optional[int]) -> Dict[str, Any]:
+def envelope(samples: List[Dict], window: int) -> Tuple[List[Dict], List[Dict]]:
+    """Per-window minimum and maximum RSS: memory that moves between two levels (allocator
+    arenas, the worker's buffers) fits a line badly, but a leak lifts the floor and the ceiling."""
+    lows, highs = [], []
+    for i in range(0, len(samples) - window + 1, window):
+        part = samples[i:i + window]
+        t = part[len(part) // 2]["t_s"]
+        lows.append({"t_s": t, "rss_mb": min(x["rss_mb"] for x in part)})
+        highs.append({"t_s": t, "rss_mb": max(x["rss_mb"] for x in part)})
+    return lows, highs
+
+
+def summarize(samples: List[Dict], delivery: Dict[str, int], exit_code: Optional[int],
+              window: int = 6) -> Dict[str, Any]:
     quarter = max(1, len(samples) // 4)
     first = [s["rss_mb"] for s in samples[:quarter]]
     last = [s["rss_mb"] for s in samples[-quarter:]]
     minutes = samples[-1]["t_s"] / 60 if samples else 0.0
+    lows, highs = envelope(samples, window)
     return dict(delivery, minutes=round(minutes, 1), samples=len(samples),
                 rss_first_mb=samples[0]["rss_mb"] if samples else 0.0,
                 rss_last_mb=samples[-1]["rss_mb"] if samples else 0.0,
                 rss_max_mb=max((s["rss_mb"] for s in samples), default=0.0),
                 slope_mb_per_hour=round(slope_mb_per_hour(samples), 2),
+                floor_slope_mb_per_hour=round(slope_mb_per_hour(lows), 2),
+                ceiling_slope_mb_per_hour=round(slope_mb_per_hour(highs), 2),
                 last_over_first_quarter=round((sum(last) / len(last)) / (sum(first) / len(first)), 4)
                 if samples else 1.0,
                 results_per_s=round((samples[-1]["results"] - samples[0]["results"]) / samples[-1]["t_s"], 1)
@@ -192,7 +208,9 @@ def format_report(s: Dict[str, Any]) -> str:
         f"soak: {s['minutes']} min measured, {s['samples']} samples, {s['results_per_s']} results/s",
         f"  RSS (daemon + worker): first {s['rss_first_mb']} MB, last {s['rss_last_mb']} MB, "
         f"max {s['rss_max_mb']} MB",
-        f"  slope {s['slope_mb_per_hour']:+.2f} MB/hour; last/first quarter mean {s['last_over_first_quarter']:.4f}",
+        f"  slope {s['slope_mb_per_hour']:+.2f} MB/hour (all samples), {s['floor_slope_mb_per_hour']:+.2f} "
+        f"(per-minute minimum), {s['ceiling_slope_mb_per_hour']:+.2f} (per-minute maximum)",
+        f"  last/first quarter mean {s['last_over_first_quarter']:.4f}",
         f"  results: produced {s['produced']}, delivered {s['unique']}, duplicates {s['duplicates']}, "
         f"lost {s['lost']}; daemon exit code {s['exit_code']}",
     ])
