@@ -146,12 +146,12 @@ def apply(path: str, steps: List[Step]) -> ControlReport:
         return report
     for key, candidates, value in steps:
         name = next((n for n in candidates if n in present), None)
-        if name is None:
-            report.failed[key] = f"{path} has no control {' or '.join(candidates)}"
+        if name is None:  # a key's first failure is the one reported
+            report.failed.setdefault(key, f"{path} has no control {' or '.join(candidates)}")
             continue
         problem = _set_and_check(path, name, value)
         if problem:
-            report.failed[key] = problem
+            report.failed.setdefault(key, problem)
         else:
             report.applied[name] = value
     for key, problem in report.failed.items():

@@ -139,7 +139,7 @@ def parse_formats(text: str) -> List[PixelFormat]:
 # ------------------------------------------------------------------------ controls
 _CONTROL = re.compile(r"^\s*(\w+) 0x[0-9a-f]+ \((\w+)\)\s*:\s*(.*)$")
 _MENU_ITEM = re.compile(r"^\t+(-?\d+): (.*)$")
-_PAIR = re.compile(r"(\w+)=('[^']*'|\S+(?:, \S+)*)")
+_PAIR = re.compile(r"(\w+)=('[^']*'|[^\s,]+(?:, [^\s,]+)*)")
 
 
 def list_controls(path: str) -> Dict[str, Control]:
