@@ -11,6 +11,8 @@ on it. All waits are for conditions, with deadlines.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
@@ -24,7 +26,8 @@ from typing import Any, Callable, Dict, List, Optional
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-from helpers.daemon import DaemonProcess, run_cli  # noqa: E402
+from edged.cli.main import main as edged_main  # noqa: E402
+from helpers.daemon import DaemonProcess  # noqa: E402
 from helpers.mqtt import Message, MqttCollector, find_mosquitto, start_broker  # noqa: E402
 
 DEVICE = "/dev/video0"
@@ -43,6 +46,18 @@ CASES: Dict[str, Any] = {
     "mjpg_1280x720": ({"fourcc": "MJPG", "width": 1280, "height": 720, "fps": 5}, 2, False),
     "bgr3_320x180": ({"fourcc": "BGR3", "width": 320, "height": 180, "fps": 10}, 2, False),
 }
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`edged ARGS` in this process (a Python start costs ~10 s under emulation;
+    `python -m edged` itself is covered by tests/test_camera_settings.py)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = edged_main(list(args))
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
@@ -101,9 +116,9 @@ class Checker:
     # ------------------------------------------------------------------ the CLI
     def probe_cli(self) -> None:
         t0 = time.monotonic()
-        listing = run_cli("camera", "list", "--json", timeout=120)
-        probe = run_cli("camera", "probe", DEVICE, "--json", timeout=120)
-        missing = run_cli("camera", "probe", "/dev/video9", timeout=120)
+        listing = run_cli("camera", "list", "--json")
+        probe = run_cli("camera", "probe", DEVICE, "--json")
+        missing = run_cli("camera", "probe", "/dev/video9")
         info = json.loads(probe.stdout) if probe.returncode == 0 else {}
         self.report["cli"] = {
             "list_rc": listing.returncode, "list": json.loads(listing.stdout or "null"),
