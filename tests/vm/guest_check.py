@@ -163,8 +163,10 @@ class Checker:
             if unplug:
                 self.unplug_and_replug(collector, topic, case, results)
             case["seqs"] = [m.payload["seq"] for m in collector.messages if m.topic == f"{topic}/result"]
-            case["frames"] = [m.payload["frame"] for m in collector.messages
-                              if m.topic == f"{topic}/result"]
+            results_seen = [m.payload for m in collector.messages if m.topic == f"{topic}/result"]
+            case["frames"] = [r["frame"] for r in results_seen]
+            case["top1"] = [r["top"][0]["label"] for r in results_seen]
+            case["inference_ms"] = [round(r["latency_ms"]["inference"]) for r in results_seen]
             seen = len(collector.messages)
             daemon.signal(signal.SIGTERM)
             case["exit_code"] = daemon.wait(90)
