@@ -82,6 +82,10 @@ def test_camera_probe_lists_vivid_formats_and_controls(vm_report):
     assert "640x480" in cli["formats"]["YUYV"] and "BGR3" in cli["formats"]
     assert 25.0 in cli["fps_640x480_yuyv"]
     assert cli["brightness"]["minimum"] == 0 and cli["brightness"]["maximum"] == 255
+    assert cli["text_rc"] == 0
+    assert cli["text"][0] == "/dev/video0: vivid (driver vivid, bus platform:vivid-000)"
+    assert "      640x480  fps: 1, 2, 4, 5, 10, 12.5, 15, 25" in cli["text"]
+    assert any(line.startswith("  brightness (int 0..255) = ") for line in cli["text"])
     assert cli["missing_rc"] == 2
     assert cli["missing_stderr"].startswith("edged camera: error: /dev/video9: no such device")
     assert len(cli["missing_stderr"].splitlines()) == 1

@@ -121,6 +121,7 @@ class Checker:
         listing = run_cli("camera", "list", "--json")
         probe = run_cli("camera", "probe", DEVICE, "--json")
         missing = run_cli("camera", "probe", "/dev/video9")
+        text = run_cli("camera", "probe", DEVICE)
         info = json.loads(probe.stdout) if probe.returncode == 0 else {}
         self.report["cli"] = {
             "list_rc": listing.returncode, "list": json.loads(listing.stdout or "null"),
@@ -133,6 +134,7 @@ class Checker:
             "controls": sorted(info.get("controls", {})),
             "brightness": info.get("controls", {}).get("brightness"),
             "missing_rc": missing.returncode, "missing_stderr": missing.stderr.strip(),
+            "text_rc": text.returncode, "text": text.stdout.splitlines(),
             "wall_s": round(time.monotonic() - t0, 1)}
         self.save()
 
