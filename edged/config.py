@@ -92,7 +92,12 @@ class SourceConfig:
     width: int = _key(0, "requested capture width; 0 = driver default")
     height: int = _key(0, "requested capture height; 0 = driver default")
     fps: float = _key(0.0, "requested capture frame rate; 0 = driver default")
-    fourcc: str = _key("", "requested pixel format such as MJPG or YUYV; empty = driver default")
+    fourcc: str = _key("", "requested pixel format such as MJPG or YUYV; empty = the first "
+                       "of MJPG, YUYV, others the device offers")
+    controls: Dict[str, Any] = field(default_factory=dict, metadata={
+        "doc": "camera controls, a [source.controls] table (exposure_mode, exposure, gain, "
+               "white_balance, focus, power_line_frequency, or any V4L2 control name); "
+               "env: name=value,name=value"})
 
     def resolved_uri(self) -> str:
         return self.uri or default_source_uri()
@@ -302,6 +307,13 @@ def _field_names(section: str) -> Dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """A key's default, also for keys whose default is a factory (tables)."""
+    if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _build(values: Mapping[str, Mapping[str, Any]]) -> Config:
     from edged.config_check import coerce, validate
 
@@ -309,7 +321,7 @@ def _build(values: Mapping[str, Mapping[str, Any]]) -> Config:
     for section, cls in SECTIONS.items():
         fields = _field_names(section)
         given = values.get(section, {})
-        kwargs = {key: coerce(f"{section}.{key}", value, fields[key].default)
+        kwargs = {key: coerce(f"{section}.{key}", value, _default(fields[key]))
                   for key, value in given.items()}
         sections[section] = cls(**kwargs)
     cfg = Config(**sections)
@@ -332,7 +344,7 @@ def _writable_or_creatable(path: Path) -> bool:
 
 def describe_keys() -> Dict[str, Dict[str, Tuple[Any, str]]]:
     """{section: {key: (default, doc)}} for documentation and `--print-config`."""
-    return {section: {f.name: (f.default, f.metadata.get("doc", ""))
+    return {section: {f.name: (_default(f), f.metadata.get("doc", ""))
                       for f in dataclasses.fields(cls)}
             for section, cls in SECTIONS.items()}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 from urllib.parse import urlsplit
 
 from edged.config import (
@@ -32,6 +32,8 @@ def _fail(key: str, problem: str) -> ConfigError:
 
 def coerce(key: str, value: Any, default: Any) -> Any:
     """Convert `value` to the type of `default`; strings (from env/CLI) are parsed."""
+    if isinstance(default, dict):
+        return _to_table(key, value)
     if isinstance(default, bool):
         return _to_bool(key, value)
     if isinstance(default, int):
@@ -43,6 +45,19 @@ def coerce(key: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str):
         raise _fail(key, f"expected a string, got {value!r}")
     return value
+
+
+def _to_table(key: str, value: Any) -> Dict[str, Any]:
+    """A TOML table as is; from env/CLI, `name=value,name=value`."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, str):
+        from edged.capture.controls import ControlValueError, parse_text
+        try:
+            return dict(parse_text(value))
+        except ControlValueError as exc:
+            raise _fail(key, str(exc)) from None
+    raise _fail(key, f"expected a table, got {value!r}")
 
 
 def _to_bool(key: str, value: Any) -> bool:
@@ -125,9 +140,22 @@ def _check_source(cfg: Config) -> None:
         _at_least(f"source.{name}", getattr(src, name), 0)
     if src.fourcc and len(src.fourcc) != 4:
         raise _fail("source.fourcc", f"must be 4 characters such as MJPG, got {src.fourcc!r}")
+    _check_controls(src.controls)
     if src.uri and ":" not in src.uri:
         raise _fail("source.uri", f"expected v4l2:DEVICE, file:PATH or synthetic:WxH@FPS, "
                                   f"got {src.uri!r}")
+
+
+def _check_controls(controls: Dict[str, Any]) -> None:
+    from edged.capture.controls import ControlValueError, plan
+    for name, value in controls.items():
+        if isinstance(value, float) or not isinstance(value, (int, bool, str)):
+            raise _fail(f"source.controls.{name}", f"expected an integer, true/false or a word, "
+                                                   f"got {value!r}")
+        try:
+            plan({name: value})
+        except ControlValueError as exc:
+            raise _fail("source.controls." + str(exc).split(": ", 1)[0], str(exc).split(": ", 1)[-1]) from None
 
 
 def _check_model(cfg: Config) -> None:

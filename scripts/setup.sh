@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-build,dev}"
-apt_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config)
+# qemu-system-x86, busybox-static, kmod: the VM test's vivid camera (tests/test_camera_vm.py);
+# v4l-utils: v4l2-ctl, which edged uses for camera formats and controls.
+apt_packages=(mosquitto mosquitto-clients libsystemd-dev pkg-config
+              qemu-system-x86 busybox-static kmod v4l-utils)
 
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -92,6 +92,11 @@ class Source:
     def close(self) -> None:
         pass
 
+    def negotiated(self) -> Dict[str, Any]:
+        """What the device agreed to at the last open (format, size, fps, controls);
+        empty for sources without a negotiation. Reported in status and telemetry."""
+        return {}
+
 
 def parse_uri(uri: str) -> Tuple[str, str, Dict[str, str]]:
     """Split `scheme:path?k=v` and reject unknown schemes and parameters."""
@@ -110,7 +115,8 @@ def parse_uri(uri: str) -> Tuple[str, str, Dict[str, str]]:
 
 
 def open_source(uri: str, defaults: Optional[Dict[str, Any]] = None) -> Source:
-    """Build (not open) the source for `uri`; `defaults` fill v4l2 width/height/fps/fourcc."""
+    """Build (not open) the source for `uri`; `defaults` fill v4l2 width/height/fps/fourcc
+    and `controls` (the config's `[source.controls]` table)."""
     scheme, path, params = parse_uri(uri)
     try:
         if scheme == "file":
@@ -123,7 +129,7 @@ def open_source(uri: str, defaults: Optional[Dict[str, Any]] = None) -> Source:
         merged.update(params)
         return V4l2Source(uri, path, fourcc=str(merged.get("fourcc", "")),
                           width=int(merged.get("width", 0)), height=int(merged.get("height", 0)),
-                          fps=float(merged.get("fps", 0)))
+                          fps=float(merged.get("fps", 0)), controls=merged.get("controls") or {})
     except ValueError as exc:
         raise SourceUriError(f"source '{uri}': bad parameter value ({exc})") from None
 

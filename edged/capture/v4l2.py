@@ -2,20 +2,60 @@
 
 The format is negotiated explicitly: with the driver's default (vivid's `BGR3`, for
 one) OpenCV can hand back a flat `(1, N)` buffer instead of an HxWx3 image
-(PLATFORM.md), so every frame's shape is checked and converted or rejected.
+(PLATFORM.md), so every frame's shape is checked and converted or rejected. Without
+a configured fourcc, one is picked from what the device offers (`v4l2-ctl`), in the
+order of PREFERENCE: MJPG is cheap on USB bandwidth, YUYV is what most cameras and
+drivers have. Controls from `[source.controls]` are applied at every open, so a
+replugged camera gets them back.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
 
+from edged.capture import controls as camera_controls
+from edged.capture import v4l2ctl
 from edged.capture.sources import RawFrame, Source, SourceError
+
+log = logging.getLogger(__name__)
+
+# Formats tried first, then the others the device offers, in the device's order.
+PREFERENCE = ("MJPG", "YUYV")
+# Formats OpenCV's V4L2 backend converts to BGR itself (others come back raw).
+CONVERTED = ("MJPG", "JPEG", "YUYV", "UYVY", "YU12", "YV12", "NV12", "NV21", "RGB3", "BGR3",
+             "GREY", "Y16 ")
+
+
+def fourcc_text(code: float) -> str:
+    """OpenCV's numeric CAP_PROP_FOURCC as its four characters."""
+    number = int(code) & 0xFFFFFFFF
+    return bytes((number >> s) & 0xFF for s in (0, 8, 16, 24)).decode("latin-1")
+
+
+def format_candidates(requested: str, formats: Sequence[v4l2ctl.PixelFormat],
+                      width: int = 0, height: int = 0) -> List[str]:
+    """Fourccs to try in order: the requested one if offered (or nothing is known),
+    else MJPG, YUYV, then the rest of what the device offers; among those, formats
+    that offer the requested size come first."""
+    offered = [f.fourcc for f in formats]
+    if requested and (requested in offered or not offered):
+        return [requested]
+    if not offered:
+        return list(PREFERENCE)
+    ranked = [f for f in PREFERENCE if f in offered]
+    ranked += [f for f in offered if f in CONVERTED and f not in ranked]
+    ranked += [f for f in offered if f not in ranked]
+    if width and height:
+        by_code = {f.fourcc: f for f in formats}
+        ranked.sort(key=lambda code: not by_code[code].offers(width, height))  # stable
+    return ranked
 
 
 class V4l2Source(Source):
@@ -24,14 +64,17 @@ class V4l2Source(Source):
     live = True
 
     def __init__(self, uri: str, path: str, fourcc: str = "", width: int = 0, height: int = 0,
-                 fps: float = 0.0, capture_factory: Callable[..., Any] = cv2.VideoCapture) -> None:
+                 fps: float = 0.0, controls: Optional[Mapping[str, Any]] = None,
+                 capture_factory: Callable[..., Any] = cv2.VideoCapture) -> None:
         super().__init__(uri)
         if fourcc and len(fourcc) != 4:
             raise ValueError(f"fourcc '{fourcc}' must be four characters")
         self.path, self.fourcc = path, fourcc.upper()
         self.width, self.height, self.fps = width, height, fps
+        self.control_steps = camera_controls.plan(controls or {})  # ValueError if bad
         self._factory = capture_factory
         self._cap: Optional[Any] = None
+        self._negotiated: Dict[str, Any] = {}
 
     def open(self) -> None:
         self.close()
@@ -41,15 +84,48 @@ class V4l2Source(Source):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"{self.path}: cannot open (busy, or not a capture device?)")
-        if self.fourcc:  # empty = the driver's default (checked per frame below)
-            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self.fourcc))
-        if self.width and self.height:
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-        if self.fps:
-            cap.set(cv2.CAP_PROP_FPS, self.fps)
+        fourcc = self._set_format(cap, self._formats())
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the freshest frame, not a queue of old ones
         self._cap = cap
+        report = camera_controls.apply(self.path, self.control_steps)
+        self._negotiated = {"fourcc": fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)) or fourcc,
+                            "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                            "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                            "fps": round(float(cap.get(cv2.CAP_PROP_FPS)), 3),
+                            "requested": {"fourcc": self.fourcc, "width": self.width,
+                                          "height": self.height, "fps": self.fps}}
+        if self.control_steps:
+            self._negotiated["controls"] = report.to_dict()
+        log.info("%s: negotiated %s %dx%d at %.3g fps", self.path, self._negotiated["fourcc"],
+                 self._negotiated["width"], self._negotiated["height"], self._negotiated["fps"])
+
+    def _formats(self) -> List[v4l2ctl.PixelFormat]:
+        """What the device offers; empty when v4l2-ctl is missing or fails."""
+        try:
+            return v4l2ctl.list_formats(self.path)
+        except v4l2ctl.V4l2CtlError as exc:
+            log.debug("%s: formats not listed: %s", self.path, exc)
+            return []
+
+    def _set_format(self, cap: Any, formats: List[v4l2ctl.PixelFormat]) -> str:
+        """Request each candidate fourcc until the driver keeps one; returns the last tried."""
+        candidates = format_candidates(self.fourcc, formats, self.width, self.height)
+        if self.fourcc and candidates[0] != self.fourcc:
+            log.warning("%s does not offer %s (it offers %s); trying %s", self.path, self.fourcc,
+                        ", ".join(f.fourcc for f in formats), ", ".join(candidates))
+        for code in candidates:
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*code))
+            if self.width and self.height:  # set after the format: sizes depend on it
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+            if self.fps:
+                cap.set(cv2.CAP_PROP_FPS, self.fps)
+            if fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)) == code:
+                return code
+        return candidates[-1]
+
+    def negotiated(self) -> Dict[str, Any]:
+        return dict(self._negotiated)
 
     def read(self, stop: threading.Event) -> RawFrame:
         if self._cap is None:

@@ -17,7 +17,7 @@ from edged import __version__
 from edged.errors import UserError
 
 # Sub-command modules, in the order `edged --help` lists them.
-COMMAND_MODULES = ("run", "demo", "bench", "soak", "monitor", "model")
+COMMAND_MODULES = ("run", "demo", "bench", "soak", "monitor", "model", "camera")
 
 
 class UsageError(UserError):

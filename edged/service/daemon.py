@@ -99,7 +99,8 @@ class Daemon:
         self.source_uri = cfg.source.resolved_uri()
         self.mailbox = Mailbox()
         src = cfg.source
-        defaults = {"width": src.width, "height": src.height, "fps": src.fps, "fourcc": src.fourcc}
+        defaults = {"width": src.width, "height": src.height, "fps": src.fps, "fourcc": src.fourcc,
+                    "controls": src.controls}
         self.capture = CaptureThread(open_source(self.source_uri, defaults), self.mailbox,
                                      src.stall_timeout_s, src.reopen_backoff_initial_s,
                                      src.reopen_backoff_max_s)
@@ -339,7 +340,7 @@ class Daemon:
         if wanted is not None and wanted != self._status:
             log.info("status %s%s", wanted[0], f" ({wanted[1]})" if wanted[1] else "")
             self.link.set_status(wanted[0], wanted[1], model=self._model_info(),
-                                 source=self.source_uri)
+                                 source=self.source_uri, camera=self.capture.source.negotiated())
             self._status = wanted
 
     def _model_info(self) -> Dict[str, Any]:
@@ -372,7 +373,7 @@ class Daemon:
                             "reconnects": int(getattr(self.link, "reconnects", 0))},
                    "outbox": self.results.stats(),
                    "source": {"uri": self.source_uri, "online": self.capture.state()[0],
-                              "reopens": self.capture.reopens}}
+                              "reopens": self.capture.reopens, **self.capture.source.negotiated()}}
         payload.update(system_snapshot(self.pids()))
         return payload
 
