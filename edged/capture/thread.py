@@ -58,7 +58,8 @@ class CaptureThread:
             return False, self._error
         since = self._reading_since
         if since is not None and time.monotonic() - since > self.stall_timeout_s:
-            return False, f"no frame for {time.monotonic() - since:.0f} s from {self.source.uri}"
+            # a fixed text: the status is re-published whenever its reason changes
+            return False, f"no frame for more than {self.stall_timeout_s:g} s from {self.source.uri}"
         return True, None
 
     def wait_for_state(self, online: bool, timeout: float) -> bool:
