@@ -42,8 +42,11 @@ def test_status_is_retained_with_documented_fields(mqtt_broker, mqtt_collector, 
     link.start()
     link.set_status("online", None, model={"name": "m", "version": "1"}, source="file:x")
     assert link.wait_connected(10)
-    live = mqtt_collector(mqtt_broker, "edged/+/status")
-    got = live.wait_for(lambda m: m.retain and m.payload["state"] == "online")[0]
+    # the status may reach the broker after a subscriber that is already there (then it
+    # arrives live, without the retain flag): wait until the broker has it, then subscribe
+    mqtt_collector(mqtt_broker, "edged/+/status").wait_for(lambda m: m.payload["state"] == "online")
+    late = mqtt_collector(mqtt_broker, "edged/+/status")
+    got = late.wait_for(lambda m: m.retain and m.payload["state"] == "online")[0]
     assert got.topic == "edged/cam1/status"
     status = got.payload
     assert status["schema"] == 1 and status["reason"] is None
