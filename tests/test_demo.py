@@ -35,7 +35,9 @@ def test_demo_shows_the_device_online_with_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_daemon_then_broker():
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["ctrl-c", "kill", "terminal-closed"])
+def test_ctrl_c_kill_or_closed_terminal_stops_daemon_then_broker(signum):
     proc = subprocess.Popen([sys.executable, "-m", "edged", "demo", "--device", "demo-int",
                              "--source", "synthetic:320x240@10"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -46,7 +48,7 @@ def test_ctrl_c_stops_daemon_then_broker():
                 break
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         assert proc.wait(60) == 0
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive

@@ -135,6 +135,10 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def demo(args: argparse.Namespace) -> int:
     from edged.cli.monitor import run_monitor
 
@@ -145,6 +149,10 @@ def demo(args: argparse.Namespace) -> int:
           file=sys.stderr)
     daemon: Optional[subprocess.Popen] = None
     code = 0
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) must clean up like Ctrl-C does:
+    # the daemon and broker run in sessions of their own and would outlive the demo.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         with open(daemon_log, "wb") as logfile:
             # Own session: Ctrl-C reaches only the demo, which then sends SIGTERM.
