@@ -260,21 +260,24 @@ class MqttLink:
 
     def publish_bytes(self, topic: str, data: bytes, qos: int) -> Optional[paho.MQTTMessageInfo]:
         """Publish an already serialised payload; the returned info's `is_published()`
-        turns true on PUBACK (None when paho's offline queue is full)."""
-        return self._send(topic, data, qos)
+        turns true on PUBACK (None when paho's offline queue is full). The caller owns
+        the acknowledgement (DurableResults keeps the result until it): the link does
+        not track it, and `stop()` does not wait for it."""
+        return self._send(topic, data, qos, track=False)
 
     def _publish(self, topic: str, payload: Dict[str, Any], qos: int,
                  retain: bool = False) -> Optional[paho.MQTTMessageInfo]:
         return self._send(topic, json.dumps(payload, separators=(",", ":")), qos, retain)
 
-    def _send(self, topic: str, data: Any, qos: int, retain: bool = False) -> Optional[paho.MQTTMessageInfo]:
+    def _send(self, topic: str, data: Any, qos: int, retain: bool = False,
+              track: bool = True) -> Optional[paho.MQTTMessageInfo]:
         info = self._client.publish(topic, data, qos=qos, retain=retain,
                                     properties=self._properties())
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             self.dropped += 1
             log.warning("mqtt: offline queue full, dropped a message on %s", topic)
             return None
-        if qos > 0:
+        if qos > 0 and track:
             with self._lock:
                 self._pending.append(info)
                 if len(self._pending) >= self._prune_at:   # amortised, keeps memory bounded
