@@ -17,12 +17,13 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
 from helpers.daemon import DaemonProcess, bundled_sample
 from helpers.disk import fill
+from helpers.poll import poll_until
 from helpers.mqtt import Message, start_broker_with
 from helpers.tcp_proxy import TcpProxy
 
@@ -49,16 +50,6 @@ def outbox_counters(state_dir: Path) -> Tuple[int, int]:
         return queued, next_seq
     finally:
         db.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll a condition on files or processes (no event to wait on); returns the time taken."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def result_seqs(messages: List[Message]) -> List[int]:
@@ -139,11 +130,11 @@ def test_daemon_killed_while_the_broker_is_down_resumes_delivery_after_both_retu
     try:
         sub.wait_for_topic(RESULT, count=10, timeout=120)
         persistent_broker.stop()
-        wait_for(lambda: outbox_counters(state)[0] >= 30, 60, "a backlog of 30")
+        poll_until(lambda: outbox_counters(state)[0] >= 30, 60, "a backlog of 30")
         first.kill()  # SIGKILL: no shutdown code runs
         _, at_kill = outbox_counters(state)
         second = start_daemon(tmp_path, persistent_broker.url)
-        wait_for(lambda: outbox_counters(state)[1] >= at_kill + 20, 120, "the restarted daemon storing results")
+        poll_until(lambda: outbox_counters(state)[1] >= at_kill + 20, 120, "the restarted daemon storing results")
         persistent_broker.start()
         _, now = outbox_counters(state)
         recovery = wait_for_seqs_below(sub, now, timeout=120)
@@ -165,7 +156,7 @@ def test_broker_down_for_10_s_at_start_the_daemon_works_and_connects_when_it_app
     daemon = start_daemon(tmp_path, persistent_broker.url, mqtt={"reconnect_min_s": 1.0, "reconnect_max_s": 60.0})
     state = tmp_path / "d" / "state"
     try:
-        wait_for(lambda: (state / "outbox.sqlite").exists() and outbox_counters(state)[1] >= 20, 120,
+        poll_until(lambda: (state / "outbox.sqlite").exists() and outbox_counters(state)[1] >= 20, 120,
                  "results stored while the broker is down")
         time.sleep(10 - 1)  # the rest of the outage (storing 20 results took about 1 s)
         assert daemon.proc.poll() is None, daemon.log()

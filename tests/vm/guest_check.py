@@ -29,6 +29,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 from edged.cli.main import main as edged_main  # noqa: E402
 from helpers.daemon import DaemonProcess  # noqa: E402
 from helpers.mqtt import Message, MqttCollector, find_mosquitto, start_broker  # noqa: E402
+from helpers.poll import poll_until  # noqa: E402
 
 DEVICE = "/dev/video0"
 WATCHDOG_S = 3.0  # source.stall_timeout_s in every case
@@ -62,16 +63,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll a condition that no event announces (a device node); seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
 class Checker:
     def __init__(self, modules: str, out: Path) -> None:
         self.modules, self.out = modules, out
@@ -86,7 +77,7 @@ class Checker:
     # ------------------------------------------------------------------ the device
     def modprobe(self) -> float:
         subprocess.run(["modprobe", "-d", self.modules, "vivid", "n_devs=1"], check=True)
-        return wait_until(lambda: os.path.exists(DEVICE), 20, f"{DEVICE} after modprobe")
+        return poll_until(lambda: os.path.exists(DEVICE), 20, f"{DEVICE} after modprobe")
 
     def rmmod(self, timeout: float = 20.0) -> Dict[str, Any]:
         """Unload vivid; retried until the daemon has closed the disconnected device
