@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from edged.config import MqttConfig
 from edged.mqtt.delivery import DurableResults
@@ -19,6 +21,20 @@ def make_link(url: str) -> MqttLink:
     return MqttLink(MqttConfig(broker=url, reconnect_min_s=0.05, reconnect_max_s=0.3), DEVICE, "boot-1")
 
 
+@contextmanager
+def delivering(url: str, outbox: Outbox, **options: Any) -> Iterator[DurableResults]:
+    """A started link and DurableResults over `outbox`; both stopped afterwards."""
+    link = make_link(url)
+    results = DurableResults(link, lambda: outbox, **options)
+    link.start()
+    results.start()
+    try:
+        yield results
+    finally:
+        results.stop()
+        link.stop(timeout=1)
+
+
 def seqs_of(messages) -> list:
     return [m.payload["seq"] for m in messages if m.topic == RESULT]
 
@@ -28,12 +44,8 @@ def test_with_a_drain_rate_live_results_overtake_a_paced_backlog(tmp_path, mqtt_
     for i in range(60):  # left over from an outage
         outbox.append(RESULT, {"n": i})
     sub = mqtt_collector(mqtt_broker, RESULT)
-    link = make_link(mqtt_broker.url)
-    results = DurableResults(link, lambda: outbox, drain_rate=20.0)
-    link.start()
-    assert link.wait_connected(10)
-    results.start()
-    try:
+    with delivering(mqtt_broker.url, outbox, drain_rate=20.0) as results:
+        assert results.link.wait_connected(10)
         sub.wait_for_topic(RESULT, count=1, timeout=10)  # the backlog has started
         for i in range(5):
             assert results.submit({"live": i})
@@ -43,9 +55,6 @@ def test_with_a_drain_rate_live_results_overtake_a_paced_backlog(tmp_path, mqtt_
         assert first_live < order.index(59), "live results waited behind the whole backlog"
         assert order[:first_live] == sorted(order[:first_live])  # the backlog itself stays in order
         assert results.drain(10) == 0
-    finally:
-        results.stop()
-        link.stop(timeout=1)
 
 
 def test_without_a_drain_rate_everything_goes_strictly_in_seq_order(tmp_path, mqtt_broker, mqtt_collector):
@@ -53,18 +62,11 @@ def test_without_a_drain_rate_everything_goes_strictly_in_seq_order(tmp_path, mq
     for i in range(100):
         outbox.append(RESULT, {"n": i})
     sub = mqtt_collector(mqtt_broker, RESULT)
-    link = make_link(mqtt_broker.url)
-    results = DurableResults(link, lambda: outbox)
-    link.start()
-    results.start()
-    try:
+    with delivering(mqtt_broker.url, outbox) as results:
         for i in range(20):
             results.submit({"live": i})
         got = sub.wait_until(lambda msgs: len(seqs_of(msgs)) >= 120, 30, "120 results")
         assert seqs_of(got) == list(range(120))
-    finally:
-        results.stop()
-        link.stop(timeout=1)
 
 
 def test_full_disk_holds_results_in_memory_within_the_bound_and_writes_them_later(
@@ -100,18 +102,12 @@ def test_results_the_broker_refuses_are_counted_and_reported_not_kept(tmp_path, 
     acl = tmp_path / "acl"
     acl.write_text(f"topic read {RESULT}\ntopic readwrite edged/{DEVICE}/status\n")
     broker = start_broker_with(mosquitto_executable, tmp_path / "mosq", f"acl_file {acl}\n")
-    outbox = Outbox(tmp_path / "outbox.sqlite")
-    link = make_link(broker.url)
-    results = DurableResults(link, lambda: outbox)
-    link.start()
-    results.start()
     try:
-        for i in range(3):
-            results.submit({"n": i})
-        assert results.drain(10) == 0  # acknowledged, though with "Not authorized"
-        assert results.stats()["rejected"] == 3
-        assert results.refused_by_broker == "broker refuses results: Not authorized"
+        with delivering(broker.url, Outbox(tmp_path / "outbox.sqlite")) as results:
+            for i in range(3):
+                results.submit({"n": i})
+            assert results.drain(10) == 0  # acknowledged, though with "Not authorized"
+            assert results.stats()["rejected"] == 3
+            assert results.refused_by_broker == "broker refuses results: Not authorized"
     finally:
-        results.stop()
-        link.stop(timeout=1)
         broker.close()
