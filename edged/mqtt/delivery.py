@@ -231,16 +231,14 @@ class DurableResults:
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return
+        window = self.max_inflight + len(self._inflight)  # enough rows to skip those in flight
         if self.drain_rate <= 0:
-            self._publish(self.outbox.pending(self.max_inflight + len(self._inflight)), room)
+            self._publish(self.outbox.pending(window), room)
             return
-        room -= self._publish(self.outbox.pending(self.max_inflight + len(self._inflight),
-                                                  from_seq=self._live_from), room)
+        room -= self._publish(self.outbox.pending(window, from_seq=self._live_from), room)
         allowed = min(room, int(self._refill_tokens()))
         if allowed > 0:
-            sent = self._publish(self.outbox.pending(self.max_inflight + len(self._inflight),
-                                                     below_seq=self._live_from), allowed)
-            self._tokens -= sent
+            self._tokens -= self._publish(self.outbox.pending(window, below_seq=self._live_from), allowed)
 
     def _refill_tokens(self) -> float:
         now = time.monotonic()
